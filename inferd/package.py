@@ -1,0 +1,165 @@
+"""The ModelPackage: a directory with `model.onnx` (plus external-data files) and `manifest.json`.
+
+ONNX is the interchange format every backend here reads; the manifest carries
+what ONNX does not (preprocessing, labels, provenance, fidelity). The sha256 of
+every file is recorded so a truncated copy or a tampered weight file is caught at
+load time, naming the file, instead of producing wrong answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from pydantic import ValidationError
+
+from inferd import __version__
+from inferd.errors import PackageError
+from inferd.manifest import Manifest
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+_EXTERNAL_DATA_THRESHOLD = 1 << 30  # protobuf cannot hold more than 2 GiB
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ModelPackage:
+    """A model plus its manifest, either in memory (fresh from a converter) or on disk."""
+
+    def __init__(self, manifest: Manifest, model: onnx.ModelProto | None = None, path: Path | None = None) -> None:
+        if model is None and path is None:
+            raise ValueError("a ModelPackage needs an ONNX model or a directory")
+        self.manifest = manifest
+        self._model = model
+        self.path = path
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> ModelPackage:
+        """Open a package directory; with `verify`, check every file against its recorded sha256."""
+        directory = Path(path)
+        manifest_path = directory / MANIFEST_FILE
+        if not directory.is_dir():
+            raise PackageError(f"{directory} is not a model package directory (expected a folder with {MANIFEST_FILE})")
+        if not manifest_path.is_file():
+            raise PackageError(f"{manifest_path} is missing: {directory} is not a model package")
+        try:
+            manifest = Manifest.model_validate_json(manifest_path.read_bytes())
+        except ValidationError as exc:
+            raise PackageError(f"{manifest_path} is not a valid manifest: {exc}") from exc
+        package = cls(manifest, path=directory)
+        if verify:
+            package.verify_files()
+        return package
+
+    def verify_files(self) -> None:
+        """Raise PackageError naming the first file that is missing or whose bytes changed."""
+        assert self.path is not None
+        if MODEL_FILE not in self.manifest.files:
+            raise PackageError(f"{self.path / MANIFEST_FILE} lists no {MODEL_FILE}")
+        for relative, expected in self.manifest.files.items():
+            file = self.path / relative
+            if not file.is_file():
+                raise PackageError(f"{file} is missing from the package; copy the whole package directory again")
+            if sha256_file(file) != expected:
+                raise PackageError(
+                    f"{file} does not match the sha256 in {MANIFEST_FILE}: it is truncated, corrupt or was modified; "
+                    "re-create the package or copy it again"
+                )
+
+    @property
+    def model_path(self) -> Path:
+        """Path of `model.onnx` on disk; an in-memory package must be saved first."""
+        if self.path is None:
+            raise PackageError("this package is only in memory; call .save(path) first")
+        return self.path / MODEL_FILE
+
+    @property
+    def onnx_model(self) -> onnx.ModelProto:
+        if self._model is None:
+            self._model = onnx.load(str(self.model_path))
+        return self._model
+
+    @property
+    def content_hash(self) -> str:
+        """A digest of every file's digest: the identity of the package's bytes, for cache keys."""
+        listing = json.dumps(sorted(self.manifest.files.items())).encode()
+        return hashlib.sha256(listing).hexdigest()
+
+    def size_bytes(self) -> int:
+        if self.path is None:
+            return self.onnx_model.ByteSize()
+        return sum((self.path / relative).stat().st_size for relative in self.manifest.files)
+
+    # -- checking ------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check files, the ONNX graph, and that the manifest's inputs and outputs match the graph."""
+        if self.path is not None:
+            self.verify_files()
+        try:
+            onnx.checker.check_model(str(self.model_path) if self.path else self.onnx_model)
+        except onnx.checker.ValidationError as exc:
+            raise PackageError(f"{MODEL_FILE} is not a valid ONNX model: {exc}") from exc
+        graph = self.onnx_model.graph
+        initializers = {init.name for init in graph.initializer}
+        graph_inputs = [i.name for i in graph.input if i.name not in initializers]
+        graph_outputs = [o.name for o in graph.output]
+        declared_inputs = [spec.name for spec in self.manifest.inputs]
+        declared_outputs = [spec.name for spec in self.manifest.outputs]
+        if sorted(graph_inputs) != sorted(declared_inputs):
+            raise PackageError(f"manifest inputs {declared_inputs} do not match the ONNX graph's inputs {graph_inputs}")
+        if sorted(graph_outputs) != sorted(declared_outputs):
+            raise PackageError(
+                f"manifest outputs {declared_outputs} do not match the ONNX graph's outputs {graph_outputs}"
+            )
+        classifier = self.manifest.classifier
+        if classifier is not None and classifier.output not in declared_outputs:
+            raise PackageError(f"classifier output {classifier.output!r} is not among the outputs {declared_outputs}")
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> ModelPackage:
+        """Write the package atomically: a reader never sees a half-written directory."""
+        target = Path(path)
+        if target.exists() and not overwrite:
+            raise PackageError(f"{target} already exists; pass overwrite=True (--force on the command line)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            model = self.onnx_model
+            large = model.ByteSize() > _EXTERNAL_DATA_THRESHOLD
+            onnx.save_model(
+                model,
+                str(staging / MODEL_FILE),
+                save_as_external_data=large,
+                all_tensors_to_one_file=True,
+                location=f"{MODEL_FILE}.data",
+            )
+            files = {
+                file.relative_to(staging).as_posix(): sha256_file(file)
+                for file in sorted(staging.rglob("*"))
+                if file.is_file()
+            }
+            manifest = self.manifest.model_copy(update={"files": files, "inferd_version": __version__})
+            (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return ModelPackage(manifest, model=self._model, path=target)

