@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from inferd.types import ComputeUnit, ImageType, Precision, TensorType  # noqa: E402
+import inferd.convert as _converters
+from inferd.types import ComputeUnit, ImageType, Precision, TensorType
 
 if TYPE_CHECKING:
     from inferd.package import ModelPackage
@@ -25,9 +26,7 @@ __all__ = [
 
 def convert(model: Any, **kwargs: Any) -> ModelPackage:
     """Convert a source model into a ModelPackage; see `inferd.convert.convert_pytorch` for the options."""
-    from inferd.convert import convert_pytorch
-
-    return convert_pytorch(model, **kwargs)
+    return _converters.convert_pytorch(model, **kwargs)
 
 
 def load(model: Any, **kwargs: Any) -> CompiledModel:

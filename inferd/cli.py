@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -95,7 +95,7 @@ def info(package: PackageArg, as_json: Annotated[bool, typer.Option("--json")] =
     for spec in m.inputs:
         rows[f"input {spec.name}"] = f"{spec.dtype} {list(spec.shape)}"
         if spec.kind == "image":
-            rows[f"  preprocessing"] = (f"{spec.color_layout} {spec.channel_layout} {spec.resize} "
+            rows["  preprocessing"] = (f"{spec.color_layout} {spec.channel_layout} {spec.resize} "
                                         f"scale={spec.scale} bias={list(spec.bias)}")
     for spec in m.outputs:
         rows[f"output {spec.name}"] = f"{spec.dtype} {list(spec.shape)}"
@@ -143,7 +143,8 @@ def predict(
     backend: BackendOpt = "auto",
 ) -> None:
     """Classify images with a package."""
-    from inferd.io import preprocess_image, top_k as rank
+    from inferd.io import preprocess_image
+    from inferd.io import top_k as rank
     from inferd.runtime import load
     from inferd.serve.images import image_input
 
@@ -172,7 +173,7 @@ def bench(
     batch: Annotated[int, typer.Option(min=1)] = 1,
     runs: Annotated[int, typer.Option(min=10)] = 200,
     baseline: Annotated[bool, typer.Option(help="time the PyTorch source model too, when known")] = True,
-    json_file: Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON")] = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
 ) -> None:
     """Latency and throughput for each backend × precision, against the bare backend call and PyTorch."""
     from inferd.bench.engine import run_engine_benchmark
@@ -213,7 +214,7 @@ def serve(
     repository: Annotated[Path, typer.Argument(help="model repository directory")] = Path("models"),
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
-    default_model: Annotated[Optional[str], typer.Option(help="model for POST /predict")] = None,
+    default_model: Annotated[str | None, typer.Option(help="model for POST /predict")] = None,
     compute_units: ComputeUnitsOpt = ComputeUnit.ALL,
     precision: PrecisionOpt = Precision.AUTO,
 ) -> None:

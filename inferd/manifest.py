@@ -6,14 +6,14 @@ field that is wrong, instead of surfacing later as a shape error at inference ti
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferd.types import InputType, TensorType
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Literal[1] = 1
 
 
 class _Strict(BaseModel):
@@ -72,7 +72,7 @@ class Manifest(_Strict):
     compression: list[CompressionStep] = Field(default_factory=list)
     fidelity: Fidelity | None = None
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256 hex")
-    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     inferd_version: str = ""
 
     def input(self, name: str) -> InputType:

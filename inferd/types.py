@@ -7,8 +7,8 @@ the converter, the preprocessing in `inferd.io` and the server.
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Annotated, Literal, Union
+from enum import StrEnum
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,7 +18,7 @@ DType = Literal[
 ]
 
 
-class ComputeUnit(str, Enum):
+class ComputeUnit(StrEnum):
     """Which compute units a model may run on; `ALL` lets inferd pick by measurement."""
 
     ALL = "all"
@@ -27,7 +27,7 @@ class ComputeUnit(str, Enum):
     CPU_AND_NE = "cpu_and_ne"
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     """The lowest precision a backend may compute in.
 
     `AUTO` allows reduced precision where the hardware runs it natively (bf16 on
@@ -80,7 +80,7 @@ class ImageType(_Spec):
     crop_fraction: float = Field(0.875, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ImageType":
+    def _consistent(self) -> ImageType:
         if len(self.shape) != 4:
             raise ValueError(f"image input {self.name!r}: shape must have 4 dims (N,C,H,W or N,H,W,C), got {self.shape}")
         channels = self.channels
@@ -109,4 +109,4 @@ class ImageType(_Spec):
         return self.shape[3] if self.channel_layout == "NCHW" else self.shape[2]
 
 
-InputType = Annotated[Union[ImageType, TensorType], Field(discriminator="kind")]
+InputType = Annotated[ImageType | TensorType, Field(discriminator="kind")]

@@ -62,7 +62,7 @@ def test_backends_agree(default_package: Path, batch: np.ndarray) -> None:
 
 
 def test_unavailable_precision_is_explained(default_package: Path) -> None:
-    with pytest.raises(BackendUnavailable, match="precision|lower"):
+    with pytest.raises(BackendUnavailable, match=r"precision|lower"):
         load(default_package, backend="onnxruntime", precision="fp16")
     with pytest.raises(BackendUnavailable, match="not available"):
         load(default_package, backend="tensorrt-nonexistent")

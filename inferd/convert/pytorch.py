@@ -121,11 +121,12 @@ def _export(
                     assert program is not None
                     return program.model_proto, attempt
                 torch.onnx.export(
-                    model, example, buffer, dynamo=False, input_names=input_names, output_names=output_names,
+                    model, example, buffer, dynamo=False,  # type: ignore[arg-type]
+                    input_names=input_names, output_names=output_names,
                     dynamic_axes=dynamic_axes, opset_version=17,
                 )
             return onnx.load_from_string(buffer.getvalue()), attempt
-        except Exception as exc:  # noqa: BLE001 - every exporter failure is reported together below
+        except Exception as exc:
             errors.append(f"{attempt}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
     raise ConversionError("torch.onnx.export failed with every exporter tried:\n  " + "\n  ".join(errors))
 

@@ -7,6 +7,7 @@ every eligible candidate briefly and the winner is remembered on disk.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ def median_latency_ms(call: Callable[[], object], *, budget_s: float = 0.4, min_
                       max_runs: int = 200) -> float:
     """Median of repeated calls within a time budget: enough to rank backends, short enough for a load."""
     call()
-    times = []
+    times: list[float] = []
     deadline = time.perf_counter() + budget_s
     while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() < deadline):
         start = time.perf_counter()
@@ -74,5 +75,5 @@ def example_feeds(engine_inputs: Mapping[str, tuple[tuple[int, ...], str]]) -> d
 
 
 def fastest(engines: dict[str, Engine], feeds: Mapping[str, np.ndarray]) -> tuple[str, dict[str, float]]:
-    timings = {label: median_latency_ms(lambda e=engine: e.infer(feeds)) for label, engine in engines.items()}
+    timings = {label: median_latency_ms(functools.partial(engine.infer, feeds)) for label, engine in engines.items()}
     return min(timings, key=timings.__getitem__), timings

@@ -57,11 +57,11 @@ class ModelSummary(BaseModel):
 
 
 def _repository(request: Request) -> ModelRepository:
-    return request.app.state.repository  # type: ignore[no-any-return]
+    return request.app.state.repository
 
 
 def _settings(request: Request) -> ServerSettings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def _labels(predictions: list[Prediction]) -> list[Label]:

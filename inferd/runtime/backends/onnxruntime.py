@@ -99,7 +99,7 @@ class OnnxRuntimeBackend:
             session_options.optimized_model_filepath = str(staging)
         try:
             session = onnxruntime.InferenceSession(str(source), session_options, providers=[device.id])
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own hierarchy of errors
+        except Exception as exc:
             raise BackendUnavailable(f"ONNX Runtime could not load the model on {device.id}: {exc}") from exc
         if not cached and staging.is_file():
             staging.replace(optimized)
