@@ -215,19 +215,54 @@ def serve(
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
     default_model: Annotated[str | None, typer.Option(help="model for POST /predict")] = None,
+    model_control: Annotated[str, typer.Option(help="none | poll | explicit")] = "none",
+    load_model: Annotated[list[str] | None, typer.Option(help="model to load at start (explicit mode)")] = None,
+    poll_interval: Annotated[float, typer.Option(help="seconds between repository scans (poll mode)")] = 5.0,
+    max_batch_size: Annotated[int, typer.Option(help="rows per dynamic batch; 1 disables batching")] = 8,
+    max_queue_delay_ms: Annotated[float, typer.Option(help="how long a request waits for batch company")] = 2.0,
+    max_queue_size: Annotated[int, typer.Option(help="queued requests per model before 429")] = 64,
+    instances: Annotated[int, typer.Option(help="concurrent executions per model")] = 1,
+    timeout: Annotated[float, typer.Option(help="default request deadline in seconds")] = 30.0,
+    max_memory: Annotated[str | None, typer.Option(help="memory budget for loaded models, e.g. 4G")] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted")] = 64 * 1024 * 1024,
+    api_key: Annotated[str | None, typer.Option(envvar="INFERD_API_KEY", help="require this key (Bearer or X-API-Key)")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(help="allow browser calls from this origin")] = None,
     compute_units: ComputeUnitsOpt = ComputeUnit.ALL,
     precision: PrecisionOpt = Precision.AUTO,
 ) -> None:
-    """Serve the models of a repository over HTTP."""
+    """Serve the models of a repository over HTTP: simple REST and the Open Inference Protocol (V2)."""
     import uvicorn
 
     from inferd.serve import ServerSettings, create_app
+    from inferd.serve.serving_config import ServingConfig
 
-    settings = ServerSettings(repository=repository, host=host, port=port, default_model=default_model,
-                              compute_units=compute_units, precision=precision)
     if not repository.is_dir():
         raise InferdError(f"{repository} is not a directory; run `inferd prepare {repository}` first")
+    if model_control not in ("none", "poll", "explicit"):
+        raise InferdError(f"--model-control must be none, poll or explicit, not {model_control!r}")
+    settings = ServerSettings(
+        repository=repository, host=host, port=port, default_model=default_model,
+        model_control=model_control,
+        load_models=load_model or [], poll_interval_s=poll_interval,
+        models=ServingConfig(max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
+                             max_queue_size=max_queue_size, instances=instances, timeout_s=timeout,
+                             compute_units=compute_units, precision=precision),
+        max_memory_bytes=_parse_size(max_memory) if max_memory else None, max_body_bytes=max_body_bytes,
+        api_key=api_key, cors_origins=cors_origin or [],
+    )
     base = f"http://{host}:{port}"
-    console.print(f"serving {repository} on [bold]{base}[/bold]  (docs: {base}/docs)")
+    console.print(f"serving {repository} on [bold]{base}[/bold]  (API docs: {base}/docs)")
     console.print(f"  try: curl -F image=@photo.jpg {base}/predict")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
+                timeout_graceful_shutdown=30)
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().rstrip("IB"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        return int(float(number) * units[unit])
+    except ValueError:
+        raise InferdError(f"cannot read the size {text!r}; write e.g. 512M or 4G") from None

@@ -1,4 +1,4 @@
-"""The FastAPI application: the repository, the routes and the mapping of errors to JSON answers.
+"""The FastAPI application: two protocol faces over one model repository.
 
 Every error a client can cause becomes a 4xx with `{"error": "..."}`; an
 unexpected failure is logged and answered with a 500 that leaks no internals,
@@ -7,9 +7,10 @@ and the process keeps serving either way.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,41 +19,67 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferd import __version__
 from inferd.errors import InferdError, NotReady, Overloaded
-from inferd.serve import rest
+from inferd.serve import middleware, rest
+from inferd.serve.metrics import ServerMetrics
 from inferd.serve.repository import ModelRepository
 from inferd.serve.settings import ServerSettings
+from inferd.serve.v2 import routes as v2
 
 log = logging.getLogger("inferd.serve")
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
+    metrics = ServerMetrics()
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        repository = ModelRepository(settings.repository, compute_units=settings.compute_units,
-                                     precision=settings.precision, max_in_flight=settings.max_in_flight)
-        for name, error in repository.load_all().items():
-            log.error("could not load %s: %s", name, error)
+        repository = ModelRepository(settings.repository, defaults=settings.models, metrics=metrics,
+                                     max_memory_bytes=settings.max_memory_bytes)
         app.state.repository = repository
+        await _initial_load(repository, settings)
+        app.state.ready = True
+        poller = (asyncio.create_task(repository.poll_forever(settings.poll_interval_s))
+                  if settings.model_control == "poll" else None)
         try:
             yield
         finally:
-            repository.close()
+            app.state.ready = False
+            if poller:
+                poller.cancel()
+            await repository.close()
 
-    app = FastAPI(title="inferd", version=__version__, lifespan=lifespan,
-                  description="Model inference server: simple REST and the Open Inference Protocol (V2).")
+    app = FastAPI(
+        title="inferd", version=__version__, lifespan=lifespan,
+        description="Model inference server: a simple REST face for images and the Open Inference Protocol (V2).",
+    )
     app.state.settings = settings
+    app.state.ready = False
     app.include_router(rest.router)
+    app.include_router(v2.router)
+    middleware.install(app, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+                       cors_origins=settings.cors_origins, metrics=metrics)
     _install_error_handlers(app)
     return app
+
+
+async def _initial_load(repository: ModelRepository, settings: ServerSettings) -> None:
+    if settings.model_control == "explicit":
+        for name in settings.load_models:
+            try:
+                await repository.load(name)
+            except InferdError as exc:
+                log.error("could not load %s: %s", name, exc.message)
+        return
+    for name, error in (await repository.load_all()).items():
+        log.error("could not load %s: %s", name, error)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InferdError)
     async def inferd_error(request: Request, exc: InferdError) -> JSONResponse:
         headers = {}
-        if isinstance(exc, (Overloaded, NotReady)):
+        if isinstance(exc, Overloaded | NotReady):
             headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
         return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
 
@@ -62,7 +89,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; the API is listed at /docs"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}; the API is listed at /docs"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

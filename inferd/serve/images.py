@@ -6,7 +6,8 @@ through here, so they give the same answer for the same picture.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 import numpy as np
@@ -15,6 +16,9 @@ from inferd.errors import InvalidImage, InvalidInput
 from inferd.io import Prediction, preprocess_image, top_k
 from inferd.runtime import CompiledModel
 from inferd.types import ImageType
+
+if TYPE_CHECKING:
+    from inferd.serve.repository import ModelEntry
 
 
 def image_input(model: CompiledModel) -> ImageType:
@@ -41,17 +45,15 @@ def decode_batch(model: CompiledModel, images: Sequence[bytes], max_pixels: int)
 
 
 async def classify(
-    model: CompiledModel, images: Sequence[bytes], *, k: int, max_pixels: int
+    entry: ModelEntry, images: Sequence[bytes], *, k: int, max_pixels: int,
+    timeout_s: float | None = None, disconnected: Callable[[], Awaitable[bool]] | None = None,
 ) -> list[list[Prediction]]:
-    """Top-k labels for each image, decoding on a worker thread and inferring through the model's bound."""
-    if model.manifest.classifier is None:
+    """Top-k labels for each image: decode on a worker thread, infer through the model's dynamic batcher."""
+    model = entry.model
+    classifier = model.manifest.classifier
+    if classifier is None:
         raise InvalidInput(f"model {model.name!r} is not a classifier; use /v2/models/{model.name}/infer")
     batch = await anyio.to_thread.run_sync(decode_batch, model, images, max_pixels)
     spec = image_input(model)
-    classifier = model.manifest.classifier
-    if model.manifest.batch_dynamic or len(batch) == 1:
-        scores = (await model.predict_async({spec.name: batch}))[classifier.output]
-    else:
-        singles = [await model.predict_async({spec.name: row[np.newaxis]}) for row in batch]
-        scores = np.concatenate([outputs[classifier.output] for outputs in singles])
-    return top_k(scores, classifier.labels, k, activation=classifier.activation)
+    outputs = await entry.infer({spec.name: batch}, timeout_s=timeout_s, disconnected=disconnected)
+    return top_k(outputs[classifier.output], classifier.labels, k, activation=classifier.activation)

@@ -1,22 +1,38 @@
-"""The model repository: a directory of packages, loaded and compiled for this machine.
+"""The model repository: a directory of packages, loaded, versioned, swapped and evicted while serving.
 
-Layouts accepted: `repo/<name>/manifest.json`, or `repo/<name>/<version>/manifest.json`
-for several versions of one model (the highest version is the default). Names are
-validated before they touch the file system so a request can never name a path.
+Layouts: `repo/<name>/manifest.json`, or `repo/<name>/<version>/manifest.json`
+for several versions (the highest number is the default). Names are validated
+before they touch the file system, so a request can never name a path.
+
+Requests hold a reference to the `ModelEntry` they started with; loading a new
+version swaps the table atomically and the old entry drains its queue before it
+closes, so a reload or an unload never fails a request that was accepted.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
-import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, Protocol
 
-from inferd.errors import InvalidModelName, ModelNotFound, PackageError
+import anyio.to_thread
+import numpy as np
+
+from inferd.errors import InferdError, InvalidModelName, ModelNotFound, NotReady
 from inferd.package import MANIFEST_FILE
 from inferd.runtime import CompiledModel, load
-from inferd.types import ComputeUnit, Precision
+from inferd.serve.batcher import BatchingConfig, DynamicBatcher
+from inferd.serve.serving_config import ServingConfig, load_serving_config
+from inferd.serve.stats import ModelStats
 
+log = logging.getLogger("inferd.repository")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+ModelState = Literal["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]
 
 
 def check_name(name: str, what: str = "model name") -> str:
@@ -27,7 +43,7 @@ def check_name(name: str, what: str = "model name") -> str:
     return name
 
 
-def _version_key(version: str) -> tuple[int, int | str]:
+def version_key(version: str) -> tuple[int, int | str]:
     return (0, int(version)) if version.isdigit() else (1, version)
 
 
@@ -48,51 +64,254 @@ def discover(root: Path) -> dict[str, dict[str, Path]]:
     return found
 
 
+class MetricsSink(Protocol):
+    """What the repository reports to the metrics module (kept abstract so this module does not import it)."""
+
+    def observer_for(self, model: str, version: str) -> Any: ...
+
+    def track_model(self, name: str, version: str, load_seconds: float, queue_depth: Callable[[], int],
+                    in_flight: Callable[[], int]) -> None: ...
+
+    def forget_model(self, name: str, version: str) -> None: ...
+
+
+class _Fanout:
+    """Sends batcher events to the Triton-style stats and to Prometheus alike."""
+
+    def __init__(self, *observers: Any) -> None:
+        self._observers = [o for o in observers if o is not None]
+
+    def on_batch(self, rows: int, requests: int, compute_s: float) -> None:
+        for observer in self._observers:
+            observer.on_batch(rows, requests, compute_s)
+
+    def on_dequeued(self, queue_s: float) -> None:
+        for observer in self._observers:
+            observer.on_dequeued(queue_s)
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    version: str
+    path: Path
+    config: ServingConfig
+    model: CompiledModel
+    batcher: DynamicBatcher
+    stats: ModelStats
+    load_seconds: float
+    memory_bytes: int
+    last_used: float = field(default_factory=time.monotonic)
+
+    def queue_depth(self) -> int:
+        return self.batcher.queue_depth
+
+    def in_flight(self) -> int:
+        return self.batcher.rows_in_flight
+
+    async def infer(
+        self, feeds: Mapping[str, np.ndarray], *, timeout_s: float | None = None,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run through the dynamic batcher with the request's deadline (or the model's default)."""
+        self.last_used = time.monotonic()
+        timeout = timeout_s if timeout_s is not None else self.config.timeout_s
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        started = time.perf_counter()
+        try:
+            outputs = await self.batcher.submit(feeds, deadline=deadline, disconnected=disconnected)
+        except BaseException:
+            self.stats.on_request(False, time.perf_counter() - started)
+            raise
+        self.stats.on_request(True, time.perf_counter() - started)
+        return outputs
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class ModelRepository:
-    def __init__(self, root: Path, *, compute_units: ComputeUnit = ComputeUnit.ALL,
-                 precision: Precision = Precision.AUTO, max_in_flight: int = 64) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        defaults: ServingConfig | None = None,
+        metrics: MetricsSink | None = None,
+        max_memory_bytes: int | None = None,
+        max_in_flight: int = 256,
+    ) -> None:
         self.root = root
-        self._load_options = {"compute_units": compute_units, "precision": precision, "max_in_flight": max_in_flight}
-        self._models: dict[str, dict[str, CompiledModel]] = {}
-        self._lock = threading.Lock()
+        self.defaults = defaults or ServingConfig()
+        self.metrics = metrics
+        self.max_memory_bytes = max_memory_bytes
+        self.max_in_flight = max_in_flight
+        self._entries: dict[str, dict[str, ModelEntry]] = {}
+        self._states: dict[str, tuple[ModelState, str]] = {}
+        self._load_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
 
-    def load_all(self) -> dict[str, str]:
-        """Load every package found; returns name -> error for those that failed, so one bad package
-        does not keep the others from serving."""
-        failures: dict[str, str] = {}
-        for name, versions in discover(self.root).items():
-            for version, directory in versions.items():
-                try:
-                    self._add(name, version, load(directory, **self._load_options))  # type: ignore[arg-type]
-                except PackageError as exc:
-                    failures[f"{name}/{version}"] = exc.message
-        return failures
-
-    def _add(self, name: str, version: str, model: CompiledModel) -> None:
-        with self._lock:
-            self._models.setdefault(name, {})[version] = model
+    # -- lookup -------------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        return sorted(self._models)
+        return sorted(self._entries)
 
     def versions(self, name: str) -> list[str]:
-        return sorted(self._models.get(name, {}), key=_version_key)
+        return sorted(self._entries.get(name, {}), key=version_key)
 
-    def get(self, name: str, version: str | None = None) -> CompiledModel:
+    def entries(self) -> list[ModelEntry]:
+        return [entry for versions in self._entries.values() for entry in versions.values()]
+
+    def get(self, name: str, version: str | None = None) -> ModelEntry:
         check_name(name)
-        versions = self._models.get(name)
+        versions = self._entries.get(name)
         if not versions:
-            raise ModelNotFound(f"model {name!r} not found; available: {self.names()}")
-        if version is None:
-            return versions[max(versions, key=_version_key)]
+            state, reason = self._states.get(name, ("UNAVAILABLE", ""))
+            if state in ("LOADING", "UNLOADING"):
+                raise NotReady(f"model {name!r} is {state.lower()}; retry shortly")
+            known = self.names()
+            raise ModelNotFound(f"model {name!r} not found; available: {known}" + (f" ({reason})" if reason else ""))
+        if version is None or version == "":
+            return versions[max(versions, key=version_key)]
         check_name(version, "version")
         if version not in versions:
             raise ModelNotFound(f"model {name!r} has no version {version!r}; available: {self.versions(name)}")
         return versions[version]
 
-    def close(self) -> None:
-        with self._lock:
-            for versions in self._models.values():
-                for model in versions.values():
-                    model.close()
-            self._models.clear()
+    def index(self) -> list[dict[str, str]]:
+        """Every model on disk or loaded, with its state, as Triton's repository index lists them."""
+        rows = []
+        on_disk = discover(self.root)
+        for name in sorted(set(on_disk) | set(self._entries) | set(self._states)):
+            loaded = self._entries.get(name, {})
+            for version in sorted(set(on_disk.get(name, {})) | set(loaded), key=version_key):
+                if version in loaded:
+                    rows.append({"name": name, "version": version, "state": "READY", "reason": ""})
+                else:
+                    state, reason = self._states.get(name, ("UNAVAILABLE", "unloaded"))
+                    rows.append({"name": name, "version": version,
+                                 "state": "UNAVAILABLE" if state == "READY" else state, "reason": reason})
+        return rows
+
+    # -- loading ------------------------------------------------------------------------------
+
+    async def load_all(self) -> dict[str, str]:
+        """Load every model found; one bad package is reported, not fatal to the others."""
+        failures = {}
+        for name in discover(self.root):
+            try:
+                await self.load(name)
+            except InferdError as exc:
+                failures[name] = exc.message
+        return failures
+
+    async def load(self, name: str) -> list[ModelEntry]:
+        """(Re)load every version of `name` on disk, then swap them in at once; old entries drain."""
+        check_name(name)
+        async with self._load_lock:
+            versions = discover(self.root).get(name)
+            if not versions:
+                raise ModelNotFound(f"no package named {name!r} in {self.root}; available: {sorted(discover(self.root))}")
+            if name not in self._entries:
+                self._states[name] = ("LOADING", "")
+            try:
+                fresh = {v: await self._build(name, v, path) for v, path in versions.items()}
+            except InferdError as exc:
+                self._states[name] = ("UNAVAILABLE", exc.message)
+                raise
+            old = self._entries.get(name, {})
+            self._entries[name] = fresh  # the atomic swap: one dict assignment on the loop thread
+            self._states[name] = ("READY", "")
+            for entry in fresh.values():
+                if self.metrics:
+                    self.metrics.track_model(name, entry.version, entry.load_seconds, entry.queue_depth, entry.in_flight)
+            for entry in old.values():
+                task = asyncio.get_running_loop().create_task(self._retire(entry, keep_metrics=entry.version in fresh))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+            await self._enforce_memory_budget(keep=name)
+            return list(fresh.values())
+
+    async def _build(self, name: str, version: str, path: Path) -> ModelEntry:
+        config = load_serving_config(self.defaults, path.parent if path.parent != self.root else path, path)
+        before = _rss_bytes()
+        started = time.perf_counter()
+        model = await anyio.to_thread.run_sync(
+            lambda: load(path, compute_units=config.compute_units, precision=config.precision,
+                         streams=config.instances, max_in_flight=self.max_in_flight)
+        )
+        load_seconds = time.perf_counter() - started
+        memory = max(_rss_bytes() - before, model.package.size_bytes())
+        stats = ModelStats()
+        observer = _Fanout(stats, self.metrics.observer_for(name, version) if self.metrics else None)
+        batching = BatchingConfig(
+            max_batch_size=config.max_batch_size, max_queue_delay_ms=config.max_queue_delay_ms,
+            preferred_batch_sizes=tuple(config.preferred_batch_sizes), max_queue_size=config.max_queue_size,
+            executions=config.instances, default_timeout_s=config.timeout_s,
+        )
+        log.info("loaded %s/%s on %s in %.2fs", name, version, model, load_seconds)
+        return ModelEntry(name=name, version=version, path=path, config=config, model=model,
+                          batcher=DynamicBatcher(model, batching, observer), stats=stats,
+                          load_seconds=load_seconds, memory_bytes=memory)
+
+    async def unload(self, name: str) -> None:
+        check_name(name)
+        async with self._load_lock:
+            entries = self._entries.pop(name, None)
+            if entries is None:
+                raise ModelNotFound(f"model {name!r} is not loaded; loaded: {self.names()}")
+            self._states[name] = ("UNLOADING", "")
+            await asyncio.gather(*(self._retire(entry) for entry in entries.values()))
+            self._states[name] = ("UNAVAILABLE", "unloaded")
+
+    async def _retire(self, entry: ModelEntry, keep_metrics: bool = False) -> None:
+        await entry.batcher.close(drain=True)
+        await anyio.to_thread.run_sync(entry.model.close)
+        if self.metrics and not keep_metrics:
+            self.metrics.forget_model(entry.name, entry.version)
+        log.info("unloaded %s/%s", entry.name, entry.version)
+
+    async def _enforce_memory_budget(self, keep: str) -> None:
+        """Evict least-recently-used models until the loaded ones fit in --max-memory."""
+        if self.max_memory_bytes is None:
+            return
+        while sum(e.memory_bytes for e in self.entries()) > self.max_memory_bytes:
+            candidates = [e for e in self.entries() if e.name != keep]
+            if not candidates:
+                return
+            victim = min(candidates, key=lambda e: e.last_used)
+            entries = self._entries.pop(victim.name, {})
+            self._states[victim.name] = ("UNAVAILABLE", "evicted to stay within --max-memory")
+            log.warning("evicting %s to stay within the memory budget", victim.name)
+            await asyncio.gather(*(self._retire(e) for e in entries.values()))
+
+    async def poll_forever(self, interval_s: float) -> None:
+        """Polling mode: load new or changed models, unload removed ones."""
+        seen = {name: self._fingerprint(versions) for name, versions in discover(self.root).items()}
+        while True:
+            await asyncio.sleep(interval_s)
+            current = {name: self._fingerprint(versions) for name, versions in discover(self.root).items()}
+            for name, fingerprint in current.items():
+                if seen.get(name) != fingerprint:
+                    try:
+                        await self.load(name)
+                    except InferdError as exc:
+                        log.error("could not load %s: %s", name, exc.message)
+            for name in set(self._entries) - set(current):
+                await self.unload(name)
+            seen = current
+
+    @staticmethod
+    def _fingerprint(versions: dict[str, Path]) -> tuple[tuple[str, float], ...]:
+        return tuple(sorted((v, (p / MANIFEST_FILE).stat().st_mtime) for v, p in versions.items()))
+
+    async def close(self) -> None:
+        entries = self.entries()
+        self._entries.clear()
+        await asyncio.gather(*(self._retire(entry) for entry in entries), *self._retiring)

@@ -79,11 +79,13 @@ def _default_model_name(request: Request) -> str:
 
 
 TopK = Annotated[int, Query(ge=1, le=1000, description="how many labels to return")]
+TimeoutMs = Annotated[float | None, Query(gt=0, description="deadline in milliseconds (default: the model's)")]
 
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, object]:
-    return {"status": "ok", "models": _repository(request).names()}
+    ready = getattr(request.app.state, "ready", False)
+    return {"status": "ok" if ready else "loading", "models": _repository(request).names()}
 
 
 @router.get("/models")
@@ -91,7 +93,7 @@ async def models(request: Request) -> dict[str, list[ModelSummary]]:
     repository = _repository(request)
     summaries = []
     for name in repository.names():
-        model = repository.get(name)
+        model = repository.get(name).model
         classifier = model.manifest.classifier
         summaries.append(ModelSummary(
             name=name, versions=repository.versions(name),
@@ -102,43 +104,53 @@ async def models(request: Request) -> dict[str, list[ModelSummary]]:
     return {"models": summaries}
 
 
-async def _predict_one(request: Request, name: str, image: UploadFile, top_k: int | None) -> PredictResponse:
+async def _predict_one(
+    request: Request, name: str, image: UploadFile, top_k: int, timeout_ms: float | None
+) -> PredictResponse:
     started = time.perf_counter()
-    model = _repository(request).get(name)
+    entry = _repository(request).get(name)
     settings = _settings(request)
     data = await image.read()
-    (predictions,) = await classify(model, [data], k=top_k or settings.default_top_k,
-                                    max_pixels=settings.max_image_pixels)
-    return PredictResponse(model=model.name, version=model.manifest.version, predictions=_labels(predictions),
+    (predictions,) = await classify(
+        entry, [data], k=top_k, max_pixels=settings.max_image_pixels,
+        timeout_s=timeout_ms / 1000 if timeout_ms else None, disconnected=request.is_disconnected,
+    )
+    return PredictResponse(model=entry.name, version=entry.version, predictions=_labels(predictions),
                            latency_ms=(time.perf_counter() - started) * 1000)
 
 
 @router.post("/predict", response_model=PredictResponse)
-async def predict_default(request: Request, image: Annotated[UploadFile, File()], top_k: TopK = 5) -> PredictResponse:
+async def predict_default(
+    request: Request, image: Annotated[UploadFile, File()], top_k: TopK = 5, timeout_ms: TimeoutMs = None
+) -> PredictResponse:
     """Classify one image with the default model."""
-    return await _predict_one(request, _default_model_name(request), image, top_k)
+    return await _predict_one(request, _default_model_name(request), image, top_k, timeout_ms)
 
 
 @router.post("/predict/{model}", response_model=PredictResponse)
-async def predict(request: Request, model: str, image: Annotated[UploadFile, File()], top_k: TopK = 5) -> PredictResponse:
+async def predict(
+    request: Request, model: str, image: Annotated[UploadFile, File()], top_k: TopK = 5, timeout_ms: TimeoutMs = None
+) -> PredictResponse:
     """Classify one image with the named model."""
-    return await _predict_one(request, model, image, top_k)
+    return await _predict_one(request, model, image, top_k, timeout_ms)
 
 
 @router.post("/predict/{model}/batch", response_model=BatchResponse)
 async def predict_batch(
-    request: Request, model: str, images: Annotated[list[UploadFile], File()], top_k: TopK = 5
+    request: Request, model: str, images: Annotated[list[UploadFile], File()], top_k: TopK = 5,
+    timeout_ms: TimeoutMs = None,
 ) -> BatchResponse:
     """Classify several images in one inference batch."""
     started = time.perf_counter()
-    compiled = _repository(request).get(model)
+    entry = _repository(request).get(model)
     settings = _settings(request)
     if len(images) > 256:
         raise InvalidInput(f"{len(images)} images in one batch; send at most 256 per request")
     payloads = [await upload.read() for upload in images]
-    ranked = await classify(compiled, payloads, k=top_k, max_pixels=settings.max_image_pixels)
+    ranked = await classify(entry, payloads, k=top_k, max_pixels=settings.max_image_pixels,
+                            timeout_s=timeout_ms / 1000 if timeout_ms else None, disconnected=request.is_disconnected)
     return BatchResponse(
-        model=compiled.name, version=compiled.manifest.version,
+        model=entry.name, version=entry.version,
         results=[BatchItem(filename=upload.filename, predictions=_labels(p)) for upload, p in zip(images, ranked, strict=True)],
         latency_ms=(time.perf_counter() - started) * 1000,
     )

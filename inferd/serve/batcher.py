@@ -1,0 +1,399 @@
+"""Dynamic batching: merge concurrent requests for one model into fewer, larger engine runs.
+
+A model run on a batch of N rows costs far less than N runs of one row, so under
+load the server gathers requests that arrive close together and runs them as one
+batch, following Triton's dynamic batcher: the oldest queued request waits at
+most `max_queue_delay_ms` for company, a batch leaves early when it is full or
+reaches a preferred size, and an execution slot must be free before a batch is
+formed, so requests that arrive while the engine is busy join the next batch
+instead of queueing behind single-row runs.
+
+As in Triton, a lone request with `max_queue_delay_ms > 0` waits out the delay
+for company even when the engine is idle: that wait is the price of batching.
+Only `max_queue_delay_ms == 0` sends it at once, which leaves about 0.2 ms of
+batcher overhead per request and still batches under load, because whatever
+queued while every execution slot was busy leaves together.
+
+Everything but the engine call happens on one event loop, so the queue needs no
+locks; the engine call (with the concatenation and splitting around it) runs on
+a small thread pool because the backends release the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Protocol
+
+import numpy as np
+
+from inferd.errors import DeadlineExceeded, InferdError, NotReady, Overloaded
+from inferd.runtime.compiled import CompiledModel
+
+DISCONNECT_POLL_S = 0.05
+"""How often a waiting request asks whether its client is still there (a cheap, non-blocking check)."""
+
+_COMPUTE_SMOOTHING = 0.2
+"""Weight of the newest batch in the moving average of compute time behind the Retry-After estimate."""
+
+Signature = tuple[tuple[str, tuple[int, ...], str], ...]
+Outputs = dict[str, np.ndarray]
+
+
+class ClientDisconnected(InferdError):
+    """The client went away before its result was ready, so the result has nobody to go to."""
+
+    status_code = 499
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """How one model batches; the defaults suit a small CNN on a CPU."""
+
+    max_batch_size: int = 8
+    """Rows (the sum of the requests' leading dims), not requests; 1 disables merging."""
+    max_queue_delay_ms: float = 2.0
+    """How long the oldest queued request may wait for others; 0 dispatches as soon as a slot is free."""
+    preferred_batch_sizes: tuple[int, ...] = ()
+    """Row counts at which a batch leaves without waiting out the delay (sizes the engine runs fastest)."""
+    max_queue_size: int = 64
+    """Queued requests (not rows) beyond which submit() raises Overloaded."""
+    executions: int = 1
+    """Engine runs in flight at once for this model."""
+    default_timeout_s: float | None = 30.0
+    """Deadline for requests that bring none; None waits without limit."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.executions < 1 or self.max_queue_size < 1:
+            raise ValueError("max_batch_size, executions and max_queue_size must each be at least 1")
+        if self.max_queue_delay_ms < 0:
+            raise ValueError("max_queue_delay_ms cannot be negative")
+        if any(not 1 <= size <= self.max_batch_size for size in self.preferred_batch_sizes):
+            raise ValueError(f"preferred_batch_sizes must lie between 1 and max_batch_size ({self.max_batch_size})")
+        if self.default_timeout_s is not None and self.default_timeout_s <= 0:
+            raise ValueError("default_timeout_s must be positive, or None for no deadline")
+
+
+class BatchObserver(Protocol):
+    """Metrics hook, called on the event loop, so implementations need no locking."""
+
+    def on_batch(self, rows: int, requests: int, compute_s: float) -> None: ...
+
+    def on_dequeued(self, queue_s: float) -> None: ...
+
+
+@dataclass(eq=False)
+class _Request:
+    """One submitted request; compared by identity so it can key the queue dict."""
+
+    feeds: dict[str, np.ndarray]
+    rows: int
+    signature: Signature
+    enqueued: float
+    deadline: float | None
+    future: asyncio.Future[Outputs] = field(repr=False)
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+
+class DynamicBatcher:
+    """Queues requests for one model and runs them in merged batches on a private thread pool.
+
+    Bound to the event loop of its first `submit`; the dispatcher task starts then,
+    so a batcher can be built before any loop runs.
+    """
+
+    def __init__(self, model: CompiledModel, config: BatchingConfig, observer: BatchObserver | None = None) -> None:
+        self.model = model
+        self.config = config
+        self.observer = observer
+        self._mergeable = model.manifest.batch_dynamic and config.max_batch_size > 1
+        self._delay_s = config.max_queue_delay_ms / 1000
+        self._preferred = frozenset(config.preferred_batch_sizes)
+        # A dict keeps arrival order and removes a cancelled request in O(1).
+        self._queue: dict[_Request, None] = {}
+        self._executor = ThreadPoolExecutor(max_workers=config.executions, thread_name_prefix=f"inferd-batch-{model.name}")
+        self._running: set[asyncio.Future[tuple[list[Outputs], float]]] = set()
+        self._rows_in_flight = 0
+        self._compute_s: float | None = None
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._changed: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting, not yet handed to the engine."""
+        return len(self._queue)
+
+    @property
+    def rows_in_flight(self) -> int:
+        """Rows in batches the engine is running now."""
+        return self._rows_in_flight
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        *,
+        deadline: float | None = None,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Outputs:
+        """The model's outputs for `feeds`, computed in a batch with whatever else is queued.
+
+        `deadline` is a `time.monotonic()` instant; it bounds the time in the queue
+        only, because once a batch runs its result is on the way and abandoning it
+        would save nothing.
+        """
+        checked = self.model.check_inputs(feeds)
+        self._admit()
+        now = time.monotonic()
+        if deadline is None and self.config.default_timeout_s is not None:
+            deadline = now + self.config.default_timeout_s
+        request = _Request(
+            feeds=checked, rows=_rows(checked), signature=_signature(checked), enqueued=now, deadline=deadline,
+            future=self._ensure_started().create_future(),
+        )
+        if request.expired(now):
+            raise self._deadline_error(request, now)
+        self._queue[request] = None
+        self._notify()
+        return await self._wait(request, disconnected)
+
+    def _admit(self) -> None:
+        if self._closing:
+            raise NotReady(f"model {self.model.name!r} is shutting down; retry shortly")
+        if len(self._queue) >= self.config.max_queue_size:
+            retry = self._retry_after_s()
+            raise Overloaded(
+                f"model {self.model.name!r} already has {len(self._queue)} requests queued "
+                f"(max_queue_size {self.config.max_queue_size}); retry in about {retry:.0f} s",
+                retry_after_s=retry,
+            )
+
+    def _retry_after_s(self) -> float:
+        """Whole seconds until the queue has likely drained: batches ahead × recent compute time ÷ executions."""
+        queued_rows = sum(request.rows for request in self._queue)
+        batches = math.ceil(queued_rows / self.config.max_batch_size) if self._mergeable else len(self._queue)
+        estimate = batches * (self._compute_s or 0.0) / self.config.executions
+        return float(max(1, math.ceil(estimate)))
+
+    def _ensure_started(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._changed = asyncio.Event()
+            self._slots = asyncio.Semaphore(self.config.executions)
+            self._dispatcher = loop.create_task(self._dispatch_forever(), name=f"inferd-batcher-{self.model.name}")
+            self._dispatcher.add_done_callback(self._dispatcher_stopped)
+        elif loop is not self._loop:
+            raise RuntimeError("a DynamicBatcher serves the event loop of its first submit(); build one per loop")
+        return loop
+
+    async def _wait(self, request: _Request, disconnected: Callable[[], Awaitable[bool]] | None) -> Outputs:
+        """Wait for the result, waking only to enforce the queue deadline or to poll for a gone client."""
+        try:
+            while not request.future.done():
+                await asyncio.wait((request.future,), timeout=self._wake_after(request, disconnected is not None))
+                if request.future.done():
+                    break
+                now = time.monotonic()
+                if request in self._queue and request.expired(now):
+                    self._fail_queued(request, self._deadline_error(request, now))
+                elif disconnected is not None and await disconnected():
+                    raise ClientDisconnected(f"the client left before model {self.model.name!r} answered")
+        except BaseException:  # cancelled, disconnected, or a failing `disconnected` check: nobody takes the result
+            self._abandon(request)
+            raise
+        return request.future.result()
+
+    def _wake_after(self, request: _Request, polling: bool) -> float | None:
+        timeouts = [DISCONNECT_POLL_S] if polling else []
+        if request.deadline is not None and request in self._queue:
+            timeouts.append(max(0.0, request.deadline - time.monotonic()))
+        return min(timeouts, default=None)
+
+    def _abandon(self, request: _Request) -> None:
+        """Forget a request nobody waits for; if it already runs, its result is simply dropped."""
+        if request in self._queue:
+            del self._queue[request]
+            self._notify()
+        request.future.cancel()
+
+    def _fail_queued(self, request: _Request, error: BaseException) -> None:
+        del self._queue[request]
+        self._notify()
+        if not request.future.done():
+            request.future.set_exception(error)
+
+    def _deadline_error(self, request: _Request, now: float) -> DeadlineExceeded:
+        assert request.deadline is not None
+        return DeadlineExceeded(
+            f"request for model {self.model.name!r} waited {(now - request.enqueued) * 1000:.1f} ms in the queue; "
+            f"the deadline was {(request.deadline - request.enqueued) * 1000:.1f} ms after it arrived"
+        )
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    # -- dispatching ---------------------------------------------------------------------------
+
+    async def _dispatch_forever(self) -> None:
+        """Take a free execution slot, then form the best batch the queue allows, until closed and drained."""
+        assert self._slots is not None
+        while True:
+            await self._slots.acquire()
+            batch = await self._next_batch()
+            if batch is None:
+                self._slots.release()
+                return
+            self._launch(batch)
+
+    async def _next_batch(self) -> list[_Request] | None:
+        assert self._changed is not None
+        while True:
+            self._changed.clear()  # before looking, so any later change wakes the wait below
+            now = time.monotonic()
+            self._expire_queued(now)
+            if not self._queue:
+                if self._closing:
+                    return None
+                await self._changed.wait()
+                continue
+            first = next(iter(self._queue))
+            batch, ready = self._select(first)
+            # Nothing can join once closing, so waiting out the delay would only slow the drain.
+            remaining = 0.0 if ready or self._closing else first.enqueued + self._delay_s - now
+            if remaining <= 0:
+                return batch
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _expire_queued(self, now: float) -> None:
+        """Fail requests past their deadline here too, as their own timers may not have fired yet."""
+        for request in [r for r in self._queue if r.expired(now)]:
+            self._fail_queued(request, self._deadline_error(request, now))
+
+    def _select(self, first: _Request) -> tuple[list[_Request], bool]:
+        """The batch to send for the oldest request, and whether to send it without waiting for more.
+
+        Later requests join in arrival order when their inputs have the same
+        non-batch shapes and they fit; one that does not fit is skipped, not a stop,
+        so smaller requests behind it can still fill the batch. When the rows reach
+        a preferred size but the whole batch would not, the preferred prefix goes now.
+        """
+        limit = self.config.max_batch_size
+        if not self._mergeable or first.rows >= limit:
+            return [first], True
+        batch, rows, preferred_at = [first], first.rows, 1 if first.rows in self._preferred else 0
+        for request in self._queue:
+            if request is first or request.signature != first.signature or rows + request.rows > limit:
+                continue
+            batch.append(request)
+            rows += request.rows
+            if rows == limit:
+                return batch, True
+            if rows in self._preferred:
+                preferred_at = len(batch)
+        if preferred_at:
+            return batch[:preferred_at], True
+        return batch, False
+
+    def _launch(self, batch: list[_Request]) -> None:
+        now = time.monotonic()
+        for request in batch:
+            del self._queue[request]
+            if self.observer is not None:
+                self.observer.on_dequeued(now - request.enqueued)
+        rows = sum(request.rows for request in batch)
+        self._rows_in_flight += rows
+        assert self._loop is not None
+        running = self._loop.run_in_executor(self._executor, _execute, self.model, [r.feeds for r in batch])
+        self._running.add(running)
+        running.add_done_callback(partial(self._finish, batch, rows))
+
+    def _finish(
+        self, batch: list[_Request], rows: int, running: asyncio.Future[tuple[list[Outputs], float]]
+    ) -> None:
+        assert self._slots is not None
+        self._running.discard(running)
+        self._rows_in_flight -= rows
+        self._slots.release()
+        error = running.exception()
+        if error is not None:
+            # An engine failure is a server fault shared by the whole batch; every request sees it as raised.
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(error)
+            return
+        results, compute_s = running.result()
+        self._compute_s = compute_s if self._compute_s is None else (
+            _COMPUTE_SMOOTHING * compute_s + (1 - _COMPUTE_SMOOTHING) * self._compute_s
+        )
+        if self.observer is not None:
+            self.observer.on_batch(rows, len(batch), compute_s)
+        for request, outputs in zip(batch, results, strict=True):
+            if not request.future.done():
+                request.future.set_result(outputs)
+
+    def _dispatcher_stopped(self, task: asyncio.Task[None]) -> None:
+        """Fail queued requests if the dispatcher died, so none waits for a batch that will never form."""
+        if task.cancelled() or task.exception() is not None:
+            self._closing = True
+            error = NotReady(f"the batcher of model {self.model.name!r} stopped; retry shortly")
+            for request in list(self._queue):
+                self._fail_queued(request, error)
+
+    # -- shutting down -------------------------------------------------------------------------
+
+    async def close(self, drain: bool = True) -> None:
+        """Refuse new requests, then run the queued ones (drain) or fail them with NotReady; running batches finish."""
+        self._closing = True
+        if not drain:
+            error = NotReady(f"model {self.model.name!r} is shutting down; retry shortly")
+            for request in list(self._queue):
+                self._fail_queued(request, error)
+        self._notify()
+        if self._dispatcher is not None:
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._executor.shutdown(wait=False)
+
+
+def _rows(feeds: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(feeds.values())).shape[0])
+
+
+def _signature(feeds: Mapping[str, np.ndarray]) -> Signature:
+    """What must match for two requests to share a batch: every input's non-batch shape and dtype."""
+    return tuple((name, tuple(value.shape[1:]), value.dtype.str) for name, value in feeds.items())
+
+
+def _execute(model: CompiledModel, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]:
+    """On a worker thread: stack, run, and split the outputs back by each request's rows.
+
+    Stacking and splitting happen here rather than on the event loop because
+    copying megabytes of pixels would stall every other request for that long.
+    """
+    if len(requests) == 1:
+        started = time.perf_counter()
+        outputs = model.engine.infer(requests[0])
+        return [outputs], time.perf_counter() - started
+    stacked = {name: np.concatenate([feeds[name] for feeds in requests]) for name in requests[0]}
+    started = time.perf_counter()
+    outputs = model.engine.infer(stacked)
+    compute_s = time.perf_counter() - started
+    bounds = np.cumsum([_rows(feeds) for feeds in requests])[:-1]
+    split = {name: np.split(value, bounds) for name, value in outputs.items()}
+    return [{name: parts[i] for name, parts in split.items()} for i in range(len(requests))], compute_s

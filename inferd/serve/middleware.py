@@ -1,0 +1,266 @@
+"""Request ids and the access log, the body limit, the API key, and `install` to put them in order.
+
+These are pure ASGI middlewares rather than `BaseHTTPMiddleware`, which pipes every
+response through a memory stream and adds latency to each prediction; these only
+read headers and wrap `receive` and `send`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inferd.serve.metrics import ServerMetrics, metrics_router
+
+access_log = logging.getLogger("inferd.access")
+
+OPEN_PATHS = ("/health", "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json", "/redoc")
+UNMATCHED = "unmatched"
+REQUEST_ID_HEADER = b"x-request-id"
+UNAUTHORIZED = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+
+# Client ids end up in logs and headers: anything else could forge log lines, so it is replaced.
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_MODEL_PATH = re.compile(r"/(?:predict|v2/models)/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?")
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the app routes on: without the root path a proxy mounts the server under."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def _json_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+@dataclass
+class _Response:
+    status: int = 0
+    bytes_out: int = 0
+
+
+class RequestIdMiddleware:
+    """Tags each request with an id that ties client reports, the access log and app logs together; logs and counts it.
+
+    The id is in `request.state.request_id` and the `X-Request-ID` response header.
+    Handlers that resolve a model the path does not name (`POST /predict`) may set
+    `request.state.model` and `request.state.model_version` to label the request.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics | None = None) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, started_at = time.perf_counter(), time.time()
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        response = _Response()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, request_id.encode())]
+            elif message["type"] == "http.response.body":
+                response.bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Starlette's outermost middleware answers 500 for an exception that got this far.
+            response.status = response.status or 500
+            raise
+        finally:
+            self._record(scope, request_id, response, time.perf_counter() - started, started_at)
+
+    def _record(self, scope: Scope, request_id: str, response: _Response, seconds: float, started_at: float) -> None:
+        model, version = _model_of(scope)
+        if self.metrics is not None:
+            self.metrics.observe_request(model, version, _route_template(scope), response.status, seconds)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        declared = _header(scope, b"content-length")
+        client = scope.get("client")
+        access_log.info(json.dumps({
+            "ts": datetime.fromtimestamp(started_at, UTC).isoformat(timespec="milliseconds"),
+            "request_id": request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": response.status,
+            "duration_ms": round(seconds * 1000, 3),
+            "client": client[0] if client else None,
+            "bytes_in": int(declared) if declared is not None and declared.isdigit() else None,
+            "bytes_out": response.bytes_out,
+            "model": model or None,
+        }))
+
+
+def _request_id(scope: Scope) -> str:
+    given = _header(scope, REQUEST_ID_HEADER)
+    if given is not None and _VALID_REQUEST_ID.fullmatch(given):
+        return given.decode("ascii")
+    return uuid.uuid4().hex
+
+
+def _model_of(scope: Scope) -> tuple[str, str]:
+    state: dict[str, Any] = scope.get("state", {})
+    match = _MODEL_PATH.match(_route_path(scope))
+    path_model, path_version = (match["model"], match["version"] or "") if match else ("", "")
+    return str(state.get("model") or path_model), str(state.get("model_version") or path_version)
+
+
+def _route_template(scope: Scope) -> str:
+    """A bounded label: the route's template, never the raw path a client can vary at will."""
+    route = scope.get("route") or _matching_route(scope)
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+def _matching_route(scope: Scope) -> object | None:
+    """Requests a middleware answered (401, 413) never reached the router; match them here to count them under their route."""
+    router = getattr(scope.get("app"), "router", None)
+    for route in getattr(router, "routes", ()):
+        match, _ = route.matches(dict(scope))
+        if match is not Match.NONE:
+            return route
+    return None
+
+
+class ApiKeyMiddleware:
+    """Requires the API key on every path but the open ones (health probes, metrics, docs)."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, open_paths: Sequence[str] = OPEN_PATHS) -> None:
+        if api_key == "":
+            raise ValueError("the API key is empty; pass None to turn authentication off")
+        self.app = app
+        self._key = api_key.encode() if api_key else None
+        self._open_paths = frozenset(open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self._key is None or scope["type"] not in ("http", "websocket")
+                or _route_path(scope) in self._open_paths or self._authorized(scope, self._key)):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # policy violation; the server answers 403
+        else:
+            await _json_error(401, UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+
+    @staticmethod
+    def _authorized(scope: Scope, key: bytes) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = bytes(value).partition(b" ")
+                if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), key):
+                    return True
+            elif name == b"x-api-key" and hmac.compare_digest(bytes(value), key):
+                return True
+        return False
+
+
+class _BodyTooLarge(Exception):
+    """Raised from `receive` to stop an app that is reading a body over the limit."""
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over the limit: by Content-Length before reading, or by counting a chunked body as it arrives."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        if max_body_bytes <= 0:
+            raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = _header(scope, b"content-length") if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+        elif declared is None:
+            await self._counting(scope, receive, send)
+        elif not declared.isdigit():
+            message = f"Content-Length must be a non-negative integer, got {declared.decode('latin-1')!r}"
+            await _json_error(400, message)(scope, receive, send)
+        elif int(declared) > self.max_body_bytes:
+            await _json_error(413, self._too_large(f"{int(declared)} bytes"))(scope, receive, send)
+        else:
+            # The HTTP server never delivers more than Content-Length, so there is nothing left to count.
+            await self.app(scope, receive, send)
+
+    def _too_large(self, size: str) -> str:
+        return f"request body is {size}; the limit is {self.max_body_bytes} bytes (--max-body-bytes)"
+
+    async def _counting(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Once over the limit, the app's own answer (often a 400 for a broken body) gives way to a 413 unless it began."""
+        received = 0
+        over = started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, over
+            if over:
+                raise _BodyTooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                over = received > self.max_body_bytes
+                if over:
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if over and not started:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await _json_error(413, self._too_large(f"at least {received} bytes"))(scope, receive, send)
+
+
+def install(app: FastAPI, *, api_key: str | None, max_body_bytes: int, cors_origins: list[str] | None,
+            metrics: ServerMetrics) -> None:
+    """Adds the middlewares, outermost first: request id and log, CORS, body limit, API key.
+
+    CORS sits outside the API key and the body limit because browsers send
+    preflights without credentials, and need CORS headers on a 401 or 413 to read it.
+    """
+    app.state.metrics = metrics
+    app.include_router(metrics_router(metrics))
+    # Starlette puts each added middleware outside the ones before it: add innermost first.
+    app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["X-Request-ID", "Retry-After", "WWW-Authenticate"])
+    app.add_middleware(RequestIdMiddleware, metrics=metrics)

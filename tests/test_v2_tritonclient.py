@@ -1,0 +1,111 @@
+"""The real `tritonclient[http]` against inferd on loopback: every call Triton tooling makes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import CAT_LABELS, LiveServer
+
+MODEL = "efficientnet-lite0"
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(url=server.url.removeprefix("http://"), connection_timeout=30, network_timeout=60)
+
+
+@pytest.fixture(scope="module")
+def chelsea_tensor(default_package: object) -> np.ndarray:
+    from PIL import Image
+    from skimage import data
+
+    from inferd.io import to_tensor
+    from inferd.zoo.efficientnet_lite0 import IMAGE
+
+    return to_tensor(Image.fromarray(data.chelsea()), IMAGE)[np.newaxis]
+
+
+def top_label(logits: np.ndarray) -> str:
+    from inferd.zoo.efficientnet_lite0 import imagenet_labels
+
+    return imagenet_labels()[int(logits.argmax())]
+
+
+def test_server_and_model_metadata(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    server = client.get_server_metadata()
+    assert server["name"] == "inferd" and "binary_tensor_data" in server["extensions"]
+    assert client.is_model_ready(MODEL)
+    metadata = client.get_model_metadata(MODEL)
+    assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]
+    assert metadata["outputs"][0]["name"] == "logits"
+    assert not client.is_model_ready("no-such-model")
+
+
+def test_model_config(client: triton.InferenceServerClient) -> None:
+    config = client.get_model_config(MODEL)
+    assert config["max_batch_size"] >= 1
+    assert config["input"][0]["dims"] == [3, 224, 224] and config["input"][0]["data_type"] == "TYPE_FP32"
+    assert config["output"][0]["dims"] == [1000]
+    assert "max_queue_delay_microseconds" in config["dynamic_batching"]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_tensor(client: triton.InferenceServerClient, chelsea_tensor: np.ndarray, binary: bool) -> None:
+    image = triton.InferInput("image", list(chelsea_tensor.shape), "FP32")
+    image.set_data_from_numpy(chelsea_tensor, binary_data=binary)
+    output = triton.InferRequestedOutput("logits", binary_data=binary)
+    result = client.infer(MODEL, [image], outputs=[output], request_id="req-42")
+    logits = result.as_numpy("logits")
+    assert logits.shape == (1, 1000)
+    assert top_label(logits[0]) in CAT_LABELS
+    assert result.get_response()["id"] == "req-42"
+
+
+def test_infer_jpeg_as_bytes(client: triton.InferenceServerClient, coffee_jpeg: bytes, chelsea_png: bytes) -> None:
+    images = np.array([coffee_jpeg, chelsea_png], dtype=object)
+    image = triton.InferInput("image", [2], "BYTES")
+    image.set_data_from_numpy(images)
+    result = client.infer(MODEL, [image])
+    logits = result.as_numpy("logits")
+    assert logits.shape == (2, 1000)
+    assert top_label(logits[0]) in {"espresso", "cup"}
+    assert top_label(logits[1]) in CAT_LABELS
+
+
+def test_classification_extension(client: triton.InferenceServerClient, chelsea_tensor: np.ndarray) -> None:
+    image = triton.InferInput("image", list(chelsea_tensor.shape), "FP32")
+    image.set_data_from_numpy(chelsea_tensor)
+    result = client.infer(MODEL, [image], outputs=[triton.InferRequestedOutput("logits", class_count=3)])
+    (row,) = result.as_numpy("logits")
+    score, index, label = row[0].decode().split(":", 2)
+    assert label in CAT_LABELS and 0 < float(score) <= 1 and int(index) >= 0
+
+
+def test_bad_request_is_reported(client: triton.InferenceServerClient) -> None:
+    wrong = triton.InferInput("image", [1, 3, 100, 100], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 3, 100, 100), np.float32))
+    with pytest.raises(InferenceServerException, match="axis 2"):
+        client.infer(MODEL, [wrong])
+
+
+def test_repository_unload_load_and_stats(client: triton.InferenceServerClient, chelsea_tensor: np.ndarray) -> None:
+    index = client.get_model_repository_index()
+    assert {"name": MODEL, "version": "1", "state": "READY", "reason": ""} in index
+    client.unload_model(MODEL)
+    assert not client.is_model_ready(MODEL)
+    assert any(row["name"] == MODEL and row["state"] == "UNAVAILABLE" for row in client.get_model_repository_index())
+    client.load_model(MODEL)
+    assert client.is_model_ready(MODEL)
+    image = triton.InferInput("image", list(chelsea_tensor.shape), "FP32")
+    image.set_data_from_numpy(chelsea_tensor)
+    client.infer(MODEL, [image])
+    stats = client.get_inference_statistics(MODEL)["model_stats"][0]
+    assert stats["name"] == MODEL and stats["inference_count"] >= 1
+    assert stats["inference_stats"]["success"]["count"] >= 1
+    assert stats["inference_stats"]["compute_infer"]["ns"] > 0
+    all_stats = client.get_inference_statistics()
+    assert any(s["name"] == MODEL for s in all_stats["model_stats"])
