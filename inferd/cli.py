@@ -149,7 +149,7 @@ def predict(
     from inferd.serve.images import image_input
 
     model = load(package, compute_units=compute_units, precision=precision, backend=backend)
-    spec = image_input(model)
+    spec = image_input(model.manifest)
     classifier = model.manifest.classifier
     if classifier is None:
         raise InferdError(f"{package} is not a classifier; `inferd predict` ranks labels")

@@ -18,7 +18,8 @@ from typing import IO
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from inferd.errors import ImageTooLarge, InvalidImage
+from inferd.errors import ImageTooLarge, InvalidImage, InvalidInput
+from inferd.manifest import Manifest
 from inferd.types import ImageType
 
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -233,3 +234,13 @@ def _describe(head: bytes) -> str:
         hint = "; if it is base64, decode it and send the raw bytes" if _BASE64.match(head.strip()) else ""
         return f"the first bytes look like text ({head.decode('ascii')!r}){hint}"
     return f"the first bytes are {head[:8].hex(' ')}"
+
+
+def image_input(manifest: Manifest) -> ImageType:
+    """The one image input of an image model, or an error pointing tensor users to the V2 protocol."""
+    images = [spec for spec in manifest.inputs if isinstance(spec, ImageType)]
+    if len(images) != 1 or len(manifest.inputs) != 1:
+        raise InvalidInput(
+            f"model {manifest.name!r} does not take a single image; send tensors to /v2/models/{manifest.name}/infer"
+        )
+    return images[0]

@@ -13,25 +13,15 @@ import anyio.to_thread
 import numpy as np
 
 from inferd.errors import InvalidImage, InvalidInput
-from inferd.io import Prediction, preprocess_image, top_k
+from inferd.io import Prediction, image_input, preprocess_image, top_k
 from inferd.runtime import CompiledModel
-from inferd.types import ImageType
 
 if TYPE_CHECKING:
     from inferd.serve.repository import ModelEntry
 
 
-def image_input(model: CompiledModel) -> ImageType:
-    images = [spec for spec in model.manifest.inputs if isinstance(spec, ImageType)]
-    if len(images) != 1 or len(model.manifest.inputs) != 1:
-        raise InvalidInput(
-            f"model {model.name!r} does not take a single image; send tensors to /v2/models/{model.name}/infer"
-        )
-    return images[0]
-
-
 def decode_batch(model: CompiledModel, images: Sequence[bytes], max_pixels: int) -> np.ndarray:
-    spec = image_input(model)
+    spec = image_input(model.manifest)
     tensors = []
     for index, data in enumerate(images):
         try:
@@ -54,6 +44,6 @@ async def classify(
     if classifier is None:
         raise InvalidInput(f"model {model.name!r} is not a classifier; use /v2/models/{model.name}/infer")
     batch = await anyio.to_thread.run_sync(decode_batch, model, images, max_pixels)
-    spec = image_input(model)
+    spec = image_input(model.manifest)
     outputs = await entry.infer({spec.name: batch}, timeout_s=timeout_s, disconnected=disconnected)
     return top_k(outputs[classifier.output], classifier.labels, k, activation=classifier.activation)

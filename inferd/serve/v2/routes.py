@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request, Response
 from inferd import __version__
 from inferd.errors import InvalidInput, NotReady
 from inferd.io import top_k
-from inferd.serve.images import decode_batch, image_input
+from inferd.serve.images import decode_batch
 from inferd.serve.repository import ModelEntry, ModelRepository
 from inferd.serve.v2.codec import (
     INFERENCE_HEADER,
@@ -206,7 +206,6 @@ async def _feeds(entry: ModelEntry, decoded: InferRequest, max_pixels: int) -> d
             images = [bytes(x) for x in item.data.reshape(-1)]
             if not images:
                 raise InvalidInput(f"input {item.name!r} holds no images")
-            image_input(entry.model)
             feeds[item.name] = await anyio.to_thread.run_sync(decode_batch, entry.model, images, max_pixels)
             continue
         expected = _datatype(spec.dtype)
