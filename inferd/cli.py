@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -250,6 +251,10 @@ def serve(
         max_memory_bytes=_parse_size(max_memory) if max_memory else None, max_body_bytes=max_body_bytes,
         api_key=api_key, cors_origins=cors_origin or [],
     )
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("inferd").addHandler(handler)
+    logging.getLogger("inferd").setLevel(logging.INFO)  # one JSON access line per request, plus model loads
     base = f"http://{host}:{port}"
     console.print(f"serving {repository} on [bold]{base}[/bold]  (API docs: {base}/docs)")
     console.print(f"  try: curl -F image=@photo.jpg {base}/predict")

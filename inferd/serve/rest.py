@@ -109,6 +109,7 @@ async def _predict_one(
 ) -> PredictResponse:
     started = time.perf_counter()
     entry = _repository(request).get(name)
+    request.state.model, request.state.model_version = entry.name, entry.version  # labels for metrics and logs
     settings = _settings(request)
     data = await image.read()
     (predictions,) = await classify(
