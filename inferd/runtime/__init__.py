@@ -31,6 +31,7 @@ def load(
     backend: str = "auto",
     threads: int | None = None,
     streams: int = 1,
+    spin: bool | None = None,
     max_in_flight: int = 64,
     overflow: OverflowPolicy = "wait",
     cache_dir: str | os.PathLike[str] | None = None,
@@ -42,7 +43,8 @@ def load(
         raise BackendUnavailable("save the package first (package.save(path)): backends compile from files")
     compute_units = ComputeUnit(compute_units)
     precision = Precision(precision)
-    options = EngineOptions(threads=threads or cpu_count(), streams=streams)
+    options = EngineOptions(threads=threads or cpu_count(), streams=streams,
+                            spin=streams == 1 if spin is None else spin)
     root = cache.cache_root(cache_dir)
 
     backends = available_backends() if backend == "auto" else (backend_named(backend),)
@@ -54,7 +56,7 @@ def load(
         )
     feeds = example_feeds({spec.name: (spec.shape, spec.dtype) for spec in package.manifest.inputs})
     request = {"compute_units": compute_units.value, "precision": precision.value, "backend": backend,
-               "threads": options.threads, "streams": streams}
+               "threads": options.threads, "streams": streams, "spin": options.spin}
     choice_file = cache.choice_path(root, package.content_hash, request)
     remembered = cache.read_json(choice_file) or {}
     winner = next((c for c in candidates if c.label == remembered.get("device")), None)

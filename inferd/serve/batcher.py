@@ -155,7 +155,7 @@ class DynamicBatcher:
         would save nothing.
         """
         checked = self.model.check_inputs(feeds)
-        self._admit()
+        self.admit()
         now = time.monotonic()
         if deadline is None and self.config.default_timeout_s is not None:
             deadline = now + self.config.default_timeout_s
@@ -169,7 +169,8 @@ class DynamicBatcher:
         self._notify()
         return await self._wait(request, disconnected)
 
-    def _admit(self) -> None:
+    def admit(self) -> None:
+        """Raise now if a request would be refused, so a handler can refuse before reading a large body."""
         if self._closing:
             raise NotReady(f"model {self.model.name!r} is shutting down; retry shortly")
         if len(self._queue) >= self.config.max_queue_size:

@@ -244,7 +244,7 @@ class ModelRepository:
         started = time.perf_counter()
         model = await anyio.to_thread.run_sync(
             lambda: load(path, compute_units=config.compute_units, precision=config.precision,
-                         streams=config.instances, max_in_flight=self.max_in_flight)
+                         streams=config.instances, spin=False, max_in_flight=self.max_in_flight)
         )
         load_seconds = time.perf_counter() - started
         memory = max(_rss_bytes() - before, model.package.size_bytes())

@@ -19,12 +19,14 @@ class EngineOptions:
 
     `streams` is how many inferences may run at once on the model (OpenVINO
     streams, concurrent ONNX Runtime runs); `threads` is the total for the model.
-    With one stream the threads spin between runs for latency; with several they
-    yield, because requests then share the cores.
+    `spin` keeps idle worker threads spinning between runs, which saves latency
+    when the model owns the cores and steals them when anything else (other
+    streams, a server's event loop) needs them.
     """
 
     threads: int
     streams: int = 1
+    spin: bool = True
 
 
 class Engine(Protocol):

@@ -88,7 +88,7 @@ class OnnxRuntimeBackend:
         session_options.log_severity_level = 3
         session_options.intra_op_num_threads = options.threads
         session_options.inter_op_num_threads = 1
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.streams == 1 else "0")
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
         staging = cache_dir / f".{_OPTIMIZED_FILE}.{os.getpid()}"
         if cached:
             source = optimized

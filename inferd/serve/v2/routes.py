@@ -169,6 +169,7 @@ async def unload_model(request: Request, model: str) -> dict[str, str]:
 @router.post("/models/{model}/versions/{version}/infer")
 async def infer(request: Request, model: str, version: str | None = None) -> Response:
     entry = _repository(request).get(model, version)
+    entry.batcher.admit()  # refuse overload before buffering the body: memory stays flat under a flood
     body = await request.body()
     decoded = decode_request(body, request.headers.get(INFERENCE_HEADER))
     settings = request.app.state.settings

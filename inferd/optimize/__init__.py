@@ -1,0 +1,39 @@
+"""Model compression: each function takes a ModelPackage and returns a new, smaller one.
+
+Every step is recorded in the manifest (parameters, sizes, layers kept at full
+precision), and compressed weights are decoded by standard ONNX ops inside the
+graph, so a compressed package loads on every backend like any other.
+"""
+
+from __future__ import annotations
+
+from inferd.optimize.errors import AccuracyBudgetError, OptimizeError
+from inferd.optimize.evalset import EvalSet, augmented_photos, build_eval_set
+from inferd.optimize.evaluate import fidelity, latency_ms, predict, render, report
+from inferd.optimize.fp16 import to_fp16
+from inferd.optimize.guard import guarded
+from inferd.optimize.int8 import quantize_static, quantize_weights
+from inferd.optimize.palettize import palettize
+from inferd.optimize.pipeline import compress, parse
+from inferd.optimize.prune import prune
+
+__all__ = [
+    "AccuracyBudgetError",
+    "EvalSet",
+    "OptimizeError",
+    "augmented_photos",
+    "build_eval_set",
+    "compress",
+    "fidelity",
+    "guarded",
+    "latency_ms",
+    "palettize",
+    "parse",
+    "predict",
+    "prune",
+    "quantize_static",
+    "quantize_weights",
+    "render",
+    "report",
+    "to_fp16",
+]

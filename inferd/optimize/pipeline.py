@@ -1,0 +1,111 @@
+"""`"prune:0.5,palettize:4"` → compressions applied in order, each optionally under the accuracy guard."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from inferd.optimize.errors import OptimizeError
+from inferd.optimize.evalset import EvalSet, build_eval_set
+from inferd.optimize.fp16 import to_fp16
+from inferd.optimize.guard import guarded
+from inferd.optimize.int8 import Method, quantize_static, quantize_weights
+from inferd.optimize.palettize import check_parameters as check_palette
+from inferd.optimize.palettize import palettize
+from inferd.optimize.prune import check_parameters as check_prune
+from inferd.optimize.prune import prune
+from inferd.package import ModelPackage
+
+SYNTAX = "fp16, int8, int8-weights, palettize:BITS[:GROUP], prune:SPARSITY or prune:N:M, joined by commas"
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str
+    arguments: tuple[float, ...] = ()
+
+    def __str__(self) -> str:
+        return ":".join([self.kind, *(f"{a:g}" for a in self.arguments)])
+
+
+def parse(spec: str) -> list[Step]:
+    """Validate the whole specification before any (slow) compression starts."""
+    steps = []
+    for text in (part.strip() for part in spec.split(",")):
+        if not text:
+            raise OptimizeError(f"empty step in {spec!r}; expected {SYNTAX}")
+        kind, *raw = text.split(":")
+        try:
+            arguments = tuple(float(value) for value in raw)
+        except ValueError:
+            raise OptimizeError(f"{text!r}: {raw} are not numbers; expected {SYNTAX}") from None
+        steps.append(_checked(Step(kind.strip().lower(), arguments), text))
+    kinds = [step.kind for step in steps]
+    if len(set(kinds)) != len(kinds):
+        raise OptimizeError(f"{spec!r} applies a compression twice; list each once")
+    return steps
+
+
+def _checked(step: Step, text: str) -> Step:
+    counts = {"fp16": (0,), "int8": (0,), "int8-weights": (0,), "palettize": (1, 2), "prune": (1, 2)}
+    if step.kind not in counts:
+        raise OptimizeError(f"unknown compression {step.kind!r} in {text!r}; expected {SYNTAX}")
+    if len(step.arguments) not in counts[step.kind]:
+        raise OptimizeError(f"{text!r} has the wrong number of values; expected {SYNTAX}")
+    if step.kind == "palettize":
+        bits, *group = step.arguments
+        if not bits.is_integer() or (group and not group[0].is_integer()):
+            raise OptimizeError(f"{text!r}: bits and group size are whole numbers")
+        check_palette(int(bits), int(group[0]) if group else None)
+    if step.kind == "prune":
+        if len(step.arguments) == 2:
+            n, m = step.arguments
+            if not (n.is_integer() and m.is_integer()):
+                raise OptimizeError(f"{text!r}: n:m pruning takes whole numbers, e.g. prune:2:4")
+            check_prune(0.0, (int(n), int(m)))
+        else:
+            check_prune(step.arguments[0], None)
+    return step
+
+
+def compress(
+    package: ModelPackage,
+    spec: str,
+    *,
+    calibration: str | os.PathLike[str] | None = None,
+    method: Method = "minmax",
+    max_drop: float | None = None,
+    eval_data: str | os.PathLike[str] | EvalSet | None = None,
+    eval_samples: int = 200,
+) -> ModelPackage:
+    """Apply the steps of `spec` in order; with `max_drop`, each step is guarded on the evaluation set."""
+    steps = parse(spec)
+    eval_set: EvalSet | None = None
+    if max_drop is not None:
+        if max_drop < 0:
+            raise OptimizeError(f"max_drop is a number of accuracy points >= 0, not {max_drop}")
+        eval_set = eval_data if isinstance(eval_data, EvalSet) else build_eval_set(
+            package.manifest, eval_data, eval_samples)
+    for step in steps:
+        apply = _compression(step, calibration, method)
+        package = apply(package, ()) if eval_set is None else guarded(package, apply, eval_set, max_drop or 0.0)
+    return package
+
+
+def _compression(
+    step: Step, calibration: str | os.PathLike[str] | None, method: Method
+) -> Callable[[ModelPackage, Collection[str]], ModelPackage]:
+    args = step.arguments
+    if step.kind == "fp16":
+        return lambda p, exclude: to_fp16(p, exclude=exclude)
+    if step.kind == "int8":
+        return lambda p, exclude: quantize_static(p, calibration, method=method, exclude=exclude)
+    if step.kind == "int8-weights":
+        return lambda p, exclude: quantize_weights(p, exclude=exclude)
+    if step.kind == "palettize":
+        group = int(args[1]) if len(args) > 1 else None
+        return lambda p, exclude: palettize(p, int(args[0]), group_size=group, exclude=exclude)
+    if len(args) == 2:
+        return lambda p, exclude: prune(p, n_m=(int(args[0]), int(args[1])), exclude=exclude)
+    return lambda p, exclude: prune(p, args[0], exclude=exclude)
