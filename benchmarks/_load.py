@@ -34,6 +34,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,11 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     low = int(position)
     high = min(low + 1, len(sorted_values) - 1)
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def tally(records: list[list[Any]], key: Callable[[list[Any]], Any]) -> dict[str, int]:
+    """How many records fall under each key (as a string), for the per-status counts in the results."""
+    return dict(Counter(str(key(r)) for r in records))
 
 
 def latency_summary(seconds: list[float]) -> dict[str, float | int | None]:

@@ -157,21 +157,14 @@ def analyse(records: list[list[Any]], duration: float) -> dict[str, Any]:
     limit = TIMEOUT_S + DEADLINE_MARGIN_S
     ok = [r for r in records if r[2] == 200 and r[5] is None]
     rejected = [r for r in records if r[2] in (429, 503) and r[5] is None]
-    other: dict[str, int] = {}
-    client_errors: dict[str, int] = {}
+    errored = [r for r in records if r[5] is not None]
+    other = L.tally([r for r in records if r[5] is None and r[2] not in (200, 429, 503)], lambda r: r[2])
+    client_errors = L.tally(errored, lambda r: r[5])
+    by_status = L.tally(rejected, lambda r: r[2])
+    seconds: dict[int, list[list[Any]]] = {}
     for r in records:
-        if r[5] is not None:
-            client_errors[r[5]] = client_errors.get(r[5], 0) + 1
-        elif r[2] not in (200, 429, 503):
-            other[str(r[2])] = other.get(str(r[2]), 0) + 1
-    by_status: dict[str, int] = {}
-    for r in rejected:
-        by_status[str(r[2])] = by_status.get(str(r[2]), 0) + 1
-    per_second: dict[int, dict[str, int]] = {}
-    for r in records:
-        key = "error" if r[5] is not None else str(r[2])
-        bucket = per_second.setdefault(int(r[0]), {})
-        bucket[key] = bucket.get(key, 0) + 1
+        seconds.setdefault(int(r[0]), []).append(r)
+    per_second = {k: L.tally(v, lambda r: "error" if r[5] is not None else r[2]) for k, v in seconds.items()}
     return {
         "sent": len(records), "ok": len(ok), "rejected": len(rejected), "rejected_by_status": by_status,
         "rejected_without_retry_after": sum(1 for r in rejected if not r[3]),

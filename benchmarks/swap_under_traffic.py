@@ -140,19 +140,10 @@ def analyse(records: list[list[Any]], actions: list[dict[str, Any]]) -> dict[str
     """records: [start_s, latency_s, status (0 if none), Retry-After, version, client error]."""
     ok = [r for r in records if r[2] == 200 and r[5] is None]
     refused = [r for r in records if r[2] in (503, 404) and r[5] is None]
-    other: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    for r in records:
-        if r[5] is not None:
-            errors[r[5]] = errors.get(r[5], 0) + 1
-        elif r[2] not in (200, 503, 404):
-            other[str(r[2])] = other.get(str(r[2]), 0) + 1
-    versions: dict[str, int] = {}
-    for r in ok:
-        versions[str(r[4])] = versions.get(str(r[4]), 0) + 1
-    refused_by: dict[str, int] = {}
-    for r in refused:
-        refused_by[str(r[2])] = refused_by.get(str(r[2]), 0) + 1
+    other = L.tally([r for r in records if r[5] is None and r[2] not in (200, 503, 404)], lambda r: r[2])
+    errors = L.tally([r for r in records if r[5] is not None], lambda r: r[5])
+    versions = L.tally(ok, lambda r: r[4])
+    refused_by = L.tally(refused, lambda r: r[2])
     swap_done = next((x["end_s"] for x in actions if "swap" in x["action"]), None)
     # Between consecutive control calls: what the traffic saw in each stretch.
     marks = sorted({0.0, *(x["start_s"] for x in actions), *(x["end_s"] for x in actions)})
@@ -163,11 +154,7 @@ def analyse(records: list[list[Any]], actions: list[dict[str, Any]]) -> dict[str
     segments = []
     for i, begin in enumerate(marks):
         end = marks[i + 1] if i + 1 < len(marks) else float("inf")
-        inside = [r for r in records if begin <= r[0] < end]
-        counts: dict[str, int] = {}
-        for r in inside:
-            key = r[5] or str(r[2])
-            counts[key] = counts.get(key, 0) + 1
+        counts = L.tally([r for r in records if begin <= r[0] < end], lambda r: r[5] or r[2])
         segments.append({"from_s": begin, "to_s": None if end == float("inf") else end,
                          "what": labels.get(begin, "start"), "requests_started": counts})
     return {

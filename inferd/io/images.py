@@ -236,11 +236,11 @@ def _describe(head: bytes) -> str:
     return f"the first bytes are {head[:8].hex(' ')}"
 
 
-def image_input(manifest: Manifest) -> ImageType:
-    """The one image input of an image model, or an error pointing tensor users to the V2 protocol."""
+def image_input(manifest: Manifest, *, hint: str | None = None) -> ImageType:
+    """The one image input of an image model, or an error whose `hint` says what the caller should send instead
+    (by default: tensors through the V2 protocol)."""
     images = [spec for spec in manifest.inputs if isinstance(spec, ImageType)]
     if len(images) != 1 or len(manifest.inputs) != 1:
-        raise InvalidInput(
-            f"model {manifest.name!r} does not take a single image; send tensors to /v2/models/{manifest.name}/infer"
-        )
+        hint = hint or f"send tensors to /v2/models/{manifest.name}/infer"
+        raise InvalidInput(f"model {manifest.name!r} does not take a single image; {hint}")
     return images[0]

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from inferd.errors import InvalidInput
+from inferd.io import image_input
 from inferd.manifest import Manifest
 from inferd.optimize.errors import OptimizeError
 from inferd.types import ImageType
@@ -59,7 +61,7 @@ def image_paths(folder: Path) -> list[Path]:
 def image_folder_feeds(manifest: Manifest, folder: Path, limit: int) -> list[Feeds]:
     from inferd.io import preprocess_image
 
-    spec = _image_input(manifest)
+    spec = single_image_input(manifest)
     paths = image_paths(folder)
     if not paths:
         raise OptimizeError(
@@ -83,12 +85,13 @@ def sample_feeds(manifest: Manifest, limit: int) -> list[Feeds]:
     """Augmented scikit-image photographs: real pixel statistics, for image models without data of their own."""
     from inferd.optimize.evalset import augmented_photos
 
-    spec = _image_input(manifest, hint="pass calibration data (a folder of images or an .npz keyed by input name)")
+    spec = single_image_input(manifest, hint="pass calibration data (a folder of images or an .npz keyed by input name)")
     return [{spec.name: t[np.newaxis]} for t in augmented_photos(spec, min(limit, 64), seed=1)]
 
 
-def _image_input(manifest: Manifest, hint: str = "pass an .npz keyed by input name") -> ImageType:
-    images = [spec for spec in manifest.inputs if isinstance(spec, ImageType)]
-    if len(images) != 1 or len(manifest.inputs) != 1:
-        raise OptimizeError(f"{manifest.name} does not take exactly one image input; {hint}")
-    return images[0]
+def single_image_input(manifest: Manifest, hint: str = "pass an .npz keyed by input name") -> ImageType:
+    """`inferd.io.image_input`, failing as an OptimizeError with a hint about the data to pass instead."""
+    try:
+        return image_input(manifest, hint=hint)
+    except InvalidInput as exc:
+        raise OptimizeError(exc.message) from None

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from inferd.manifest import Manifest
-from inferd.optimize.calibration import image_paths
+from inferd.optimize.calibration import image_paths, single_image_input
 from inferd.optimize.errors import OptimizeError
 from inferd.types import ImageType
 
@@ -37,7 +37,7 @@ class EvalSet:
 def build_eval_set(manifest: Manifest, source: str | os.PathLike[str] | None = None, count: int = 500) -> EvalSet:
     """From a labelled image folder, an .npz (input arrays plus optional `labels`), or augmented sample photos."""
     if source is None:
-        spec = image_input(manifest)
+        spec = single_image_input(manifest, hint="pass evaluation data as an .npz keyed by input name")
         return EvalSet({spec.name: np.stack(augmented_photos(spec, count))})
     path = Path(source)
     if path.suffix == ".npz" and path.is_file():
@@ -57,7 +57,7 @@ def labelled_folder(manifest: Manifest, folder: Path) -> EvalSet:
     """Sub-folder names are class labels (as in the manifest) or class indices."""
     from inferd.io import preprocess_image
 
-    spec = image_input(manifest)
+    spec = single_image_input(manifest, hint="pass evaluation data as an .npz keyed by input name")
     labels = manifest.classifier.labels if manifest.classifier else []
     tensors, targets = [], []
     for directory in sorted(p for p in folder.iterdir() if p.is_dir()):
@@ -98,12 +98,3 @@ def augmented_photos(spec: ImageType, count: int, seed: int = 0) -> list[np.ndar
         image = ImageEnhance.Color(image).enhance(rng.uniform(0.6, 1.4))
         tensors.append(to_tensor(image, spec))
     return tensors
-
-
-def image_input(manifest: Manifest) -> ImageType:
-    images = [spec for spec in manifest.inputs if isinstance(spec, ImageType)]
-    if len(images) != 1 or len(manifest.inputs) != 1:
-        raise OptimizeError(
-            f"{manifest.name} does not take exactly one image input: pass evaluation data as an .npz keyed by input name"
-        )
-    return images[0]

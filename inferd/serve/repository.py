@@ -27,6 +27,7 @@ from inferd.errors import InferdError, InvalidModelName, ModelNotFound, NotReady
 from inferd.package import MANIFEST_FILE
 from inferd.runtime import CompiledModel, load
 from inferd.serve.batcher import BatchingConfig, DynamicBatcher
+from inferd.serve.metrics import resident_memory_bytes
 from inferd.serve.serving_config import ServingConfig, load_serving_config
 from inferd.serve.stats import ModelStats
 
@@ -125,16 +126,6 @@ class ModelEntry:
             raise
         self.stats.on_request(True, time.perf_counter() - started)
         return outputs
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            import os
-
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 class ModelRepository:
@@ -240,14 +231,14 @@ class ModelRepository:
 
     async def _build(self, name: str, version: str, path: Path) -> ModelEntry:
         config = load_serving_config(self.defaults, path.parent if path.parent != self.root else path, path)
-        before = _rss_bytes()
+        before = resident_memory_bytes()
         started = time.perf_counter()
         model = await anyio.to_thread.run_sync(
             lambda: load(path, compute_units=config.compute_units, precision=config.precision,
                          streams=config.instances, spin=False, max_in_flight=self.max_in_flight)
         )
         load_seconds = time.perf_counter() - started
-        memory = max(_rss_bytes() - before, model.package.size_bytes())
+        memory = max(resident_memory_bytes() - before, model.package.size_bytes())
         stats = ModelStats()
         observer = _Fanout(stats, self.metrics.observer_for(name, version) if self.metrics else None)
         batching = BatchingConfig(
