@@ -25,12 +25,18 @@ __all__ = [
 
 
 def convert(model: Any, **kwargs: Any) -> ModelPackage:
-    """Convert a source model into a ModelPackage; see `inferd.convert.convert_pytorch` for the options."""
-    return _converters.convert_pytorch(model, **kwargs)
+    """Convert a model (PyTorch, Keras, scikit-learn, ONNX) or a model file into a ModelPackage.
+
+    See `inferd.convert.convert` for how the framework is chosen and the converters for their options.
+    """
+    return _converters.convert(model, **kwargs)
 
 
 def load(model: Any, **kwargs: Any) -> CompiledModel:
-    """Load a package compiled for this machine; see `inferd.runtime.load` for the options."""
+    """Load a package, or a model file converted on the fly (and cached), compiled for this machine.
+
+    See `inferd.runtime.load` for the options.
+    """
     from inferd.runtime import load as runtime_load
 
     return runtime_load(model, **kwargs)
