@@ -99,7 +99,8 @@ def convert_opset(model: onnx.ModelProto, opset: int | None) -> onnx.ModelProto:
     if target == current:
         return model
     try:
-        converted = onnx.version_converter.convert_version(model, target)
+        # the adapters for old broadcasting rules need every tensor's shape
+        converted = onnx.version_converter.convert_version(onnx.shape_inference.infer_shapes(model), target)
     except Exception as exc:  # the converter raises RuntimeError and onnx's C++ errors alike
         raise ConversionError(
             f"converting the model from opset {current} to {target} failed: {_first_lines(exc)}; "
