@@ -155,7 +155,7 @@ def convert(
 
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+        return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise InferdError(f"cannot read the shape {text!r}; write it as 1,3,224,224") from None
 

@@ -14,10 +14,10 @@ from inferd.errors import ConversionError
 from tests.convert_models import TRAIN, digits
 
 pytest.importorskip("skl2onnx")
-from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier  # noqa: E402
-from sklearn.linear_model import LogisticRegression, Ridge  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 
 def rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

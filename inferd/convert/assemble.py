@@ -63,7 +63,7 @@ def classifier_for(
     if activation is None:
         producer = next((node.op_type for node in model.graph.node if output in node.output), "")
         activation = _ALREADY_PROBABILITIES.get(producer, "softmax")
-    return Classifier(output=output, labels=list(labels), activation=activation)  # type: ignore[arg-type]
+    return Classifier(output=output, labels=list(labels), activation=activation)
 
 
 def require_fidelity(fidelity: Fidelity, *, allow_fidelity_loss: bool, source: str, hint: str = "") -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from inferd.convert.detect import SourceKind, detect_source
 from inferd.convert.inputs import ImagePreprocessing
@@ -38,6 +38,13 @@ class ConvertOptions(BaseModel):
     tolerance: float = Field(1e-3, gt=0)
     allow_fidelity_loss: bool = False
     allow_pickle: bool = Field(False, description="unpickle scikit-learn files (runs code from the file)")
+
+    @field_validator("input_shape")
+    @classmethod
+    def _sizes(cls, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if shape is not None and (not shape or min(shape) < 1):
+            raise ValueError(f"input shape {list(shape)} needs positive sizes, batch first, e.g. 1,3,224,224")
+        return shape
 
 
 def convert_any(

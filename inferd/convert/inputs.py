@@ -117,6 +117,8 @@ def _only_image_candidate(specs: Sequence[Spec]) -> str:
 
 
 def _with_shape(spec: Spec, shape: tuple[int, ...]) -> Spec:
+    if any(size < 1 and size != -1 for size in shape):
+        raise ConversionError(f"input_shape {list(shape)} needs positive sizes (or -1 for the batch)")
     if len(shape) != len(spec.shape):
         raise ConversionError(
             f"input_shape {list(shape)} has {len(shape)} dimensions; input {spec.name!r} has {len(spec.shape)} "

@@ -110,5 +110,6 @@ def run_original(original: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> 
 
         evaluator = ReferenceEvaluator(original)
         fixed = any(spec.shape and spec.shape[0] == 1 for spec in graph_inputs(original))
-        outputs = run_in_batches(lambda batch: evaluator.run(None, batch), feeds, one_at_a_time=fixed)
+        outputs = run_in_batches(lambda batch: [np.asarray(out) for out in evaluator.run(None, batch)], feeds,
+                                 one_at_a_time=fixed)
         return outputs, f"original ONNX file in onnx.reference {onnx.__version__} (the ONNX spec's evaluator)"

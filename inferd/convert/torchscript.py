@@ -46,6 +46,8 @@ def convert_torchscript(
                 "takes with input_shape=(1, 3, 224, 224) (--input-shape 1,3,224,224)"
             )
         name = (image.input if image else None) or ("image" if image else "input")
+        if len(input_shape) < 1 or min(input_shape) < 1:
+            raise ConversionError(f"input_shape {list(input_shape)} needs positive sizes, batch first")
         declared = TensorType(name=name, shape=(-1, *input_shape[1:]), dtype="float32")
         inputs = resolve_inputs([declared], image=image)
     try:
