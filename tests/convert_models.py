@@ -36,9 +36,26 @@ def as_pixels(image: np.ndarray) -> np.ndarray:
 
 def train_torch_cnn(*, batch_fixed_reshape: bool = False) -> Any:
     """A small NCHW CNN; `batch_fixed_reshape` flattens with view(1, -1), the classic batch-1 export trap."""
+    model = _digits_cnn()
+    model.load_state_dict(_trained_cnn_weights())
+    model.batch_fixed_reshape = batch_fixed_reshape  # after training, which needs real batches
+    return model.eval()
+
+
+@cache
+def _trained_cnn_weights() -> dict[str, Any]:
+    """Trained once per test session; every test gets its own module with these weights."""
     import torch
 
     torch.manual_seed(0)
+    model = _digits_cnn()
+    images, labels = digits()
+    _fit_torch(model, torch.from_numpy(images[:TRAIN, None]), torch.from_numpy(labels[:TRAIN]), batch=64, epochs=4)
+    return model.state_dict()
+
+
+def _digits_cnn() -> Any:
+    import torch
 
     class DigitsCNN(torch.nn.Module):
         def __init__(self) -> None:
@@ -52,13 +69,10 @@ def train_torch_cnn(*, batch_fixed_reshape: bool = False) -> Any:
             y = torch.nn.functional.max_pool2d(torch.relu(self.norm(self.conv(x))), 2)
             return self.head(y.view(1, -1) if self.batch_fixed_reshape else y.flatten(1))
 
-    model = DigitsCNN()
-    images, labels = digits()
-    _fit_torch(model, torch.from_numpy(images[:TRAIN, None]), torch.from_numpy(labels[:TRAIN]), batch=64, epochs=4)
-    model.batch_fixed_reshape = batch_fixed_reshape  # after training, which needs real batches
-    return model.eval()
+    return DigitsCNN()
 
 
+@cache
 def train_torch_mlp() -> Any:
     import torch
 
@@ -84,6 +98,7 @@ def _fit_torch(model: Any, x: Any, y: Any, *, batch: int, epochs: int) -> None:
     model.eval()
 
 
+@cache
 def train_keras_cnn() -> Any:
     """A small NHWC Keras CNN with a softmax head, as TensorFlow users build them."""
     import keras

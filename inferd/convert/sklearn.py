@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from inferd.convert.assemble import make_package, output_specs, require_fidelity
+from inferd.convert.extras import require
 from inferd.convert.fidelity import compare_outputs
 from inferd.convert.prepare import Progress, no_progress, prepare_graph, rename_values
 from inferd.convert.reference import run_onnx
@@ -51,7 +52,7 @@ def convert_sklearn(
     check; without them, standard-normal rows are used, which is fine for linear
     models and poor for trees (whose thresholds sit where the data is).
     """
-    from skl2onnx import to_onnx
+    to_onnx = require("skl2onnx", "sklearn").to_onnx
     from sklearn.base import is_classifier, is_regressor
 
     features = getattr(estimator, "n_features_in_", None)

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from inferd.convert.assemble import classifier_for, make_package, output_specs, require_fidelity
+from inferd.convert.extras import require
 from inferd.convert.fidelity import compare_outputs
 from inferd.convert.inputs import ImagePreprocessing, Spec
 from inferd.convert.prepare import Progress, no_progress, prepare_graph, rename_values
@@ -133,8 +134,7 @@ def tensorflow_kind(model: str | os.PathLike[str] | Any) -> TensorFlowKind:
 
 def _from_keras(model: Any, input_shape: Sequence[int] | None, opset: int, progress: Progress) -> _Converted:
     tf = _tensorflow()
-    import keras
-
+    keras = require("keras", "tensorflow")
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         progress(f"loading {path.name} with Keras {keras.__version__}")
@@ -241,9 +241,8 @@ def _function_runner(function: Any, input_names: list[str], output_names: list[s
 
 
 def _from_tflite(path: Path, opset: int, progress: Progress) -> _Converted:
-    from ai_edge_litert.interpreter import Interpreter
-
     tf = _tensorflow()
+    Interpreter = require("ai_edge_litert.interpreter", "tensorflow").Interpreter
     with path.open("rb") as file:
         if file.read(8)[4:8] != b"TFL3":
             raise ConversionError(f"{path} is not a TFLite flatbuffer (no TFL3 identifier); check the file")
@@ -302,8 +301,7 @@ def _strip_port(name: str) -> str:
 
 def _tf2onnx(convert: Callable[[Any], tuple[onnx.ModelProto, Any]], progress: Progress) -> onnx.ModelProto:
     """Run a tf2onnx entry point; unsupported ops do not raise there, the graph scan in prepare_graph names them."""
-    import tf2onnx
-
+    tf2onnx = require("tf2onnx", "tensorflow")
     progress(f"converting with tf2onnx {version('tf2onnx')}")
     try:
         proto, _ = convert(tf2onnx)
@@ -323,12 +321,7 @@ def _override(shape: tuple[Any, ...], input_shape: Sequence[int] | None, input_c
 
 def _tensorflow() -> Any:
     _quiet_tensorflow_logs()
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise ConversionError("converting TensorFlow models needs the tensorflow extra: "
-                              "pip install 'inferd[tensorflow]'") from None
-    return tf
+    return require("tensorflow", "tensorflow")
 
 
 def _quiet_tensorflow_logs() -> None:
