@@ -242,17 +242,23 @@ def _function_runner(function: Any, input_names: list[str], output_names: list[s
 
 def _from_tflite(path: Path, opset: int, progress: Progress) -> _Converted:
     tf = _tensorflow()
-    Interpreter = require("ai_edge_litert.interpreter", "tensorflow").Interpreter
+    litert = require("ai_edge_litert.interpreter", "tensorflow")
+
+    def interpreter_for(file: Path) -> Any:
+        # The built-in kernels without the XNNPACK delegate: the plain fp32 reference (and no banner on stderr).
+        return litert.Interpreter(model_path=str(file),
+                                  experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
     with path.open("rb") as file:
         if file.read(8)[4:8] != b"TFL3":
             raise ConversionError(f"{path} is not a TFLite flatbuffer (no TFL3 identifier); check the file")
     # Signature names ("image") are what the user and the package should see, not tensor names
     # ("serving_default_image:0").
-    names = _tflite_signature_names(Interpreter(model_path=str(path)))
+    names = _tflite_signature_names(interpreter_for(path))
     proto = _tf2onnx(lambda tf2onnx: tf2onnx.convert.from_tflite(str(path), opset=opset), progress)
     rename_values(proto, {old: names.get(old, _strip_port(old)) for old in
                           [i.name for i in proto.graph.input] + [o.name for o in proto.graph.output]})
-    interpreter = Interpreter(model_path=str(path))
+    interpreter = interpreter_for(path)
     details = {names.get(d["name"], _strip_port(d["name"])): d for d in interpreter.get_input_details()}
     output_index = {names.get(d["name"], _strip_port(d["name"])): d["index"] for d in interpreter.get_output_details()}
     batch_fixed = any(d["shape_signature"][0] != -1 for d in details.values() if len(d["shape_signature"]))
