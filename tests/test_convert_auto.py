@@ -125,6 +125,8 @@ def test_unknown_and_unavailable_formats_say_what_is_accepted(tmp_path: Path) ->
         inferd.load(tmp_path / "folder")
     with pytest.raises(PackageError, match="does not exist"):
         inferd.load(tmp_path / "nowhere.onnx")
+    with pytest.raises(ValueError, match="needs positive sizes"):
+        ConvertOptions(input_shape=(0, 3))
     with pytest.raises(InferdError, match="already a model package"):
         inferd.convert(inferd.convert(onnx.load(_relu(tmp_path))).save(tmp_path / "pkg").path)
 
