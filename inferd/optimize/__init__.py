@@ -14,7 +14,7 @@ from inferd.optimize.fp16 import to_fp16
 from inferd.optimize.guard import guarded
 from inferd.optimize.int8 import quantize_static, quantize_weights
 from inferd.optimize.palettize import palettize
-from inferd.optimize.pipeline import compress, parse
+from inferd.optimize.pipeline import compress, compress_each, parse
 from inferd.optimize.prune import prune
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "augmented_photos",
     "build_eval_set",
     "compress",
+    "compress_each",
     "fidelity",
     "guarded",
     "latency_ms",
