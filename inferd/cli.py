@@ -158,6 +158,8 @@ def optimize(
 ) -> None:
     """Compress a package (fp16, int8, palettization, pruning) and report what it cost in accuracy and gained in size."""
     from inferd import optimize as opt
+    from inferd.bench.compression import render
+    from inferd.bench.compression import report as compression_report
     from inferd.package import ModelPackage
 
     if output.exists() and not force:
@@ -181,8 +183,8 @@ def optimize(
                   f"from {original.size_bytes() / 1e6:.2f} MB)")
     if eval_set is not None and (report or report_json):
         with console.status("measuring size, fidelity and latency of every step"):
-            result_report = opt.report(original, [*results[:-1], saved], eval_set, backends=backends)
-        out.print(opt.render(result_report))
+            result_report = compression_report(original, [*results[:-1], saved], eval_set, backends=backends)
+        out.print(render(result_report))
         if report_json:
             report_json.parent.mkdir(parents=True, exist_ok=True)
             report_json.write_text(json.dumps(result_report, indent=2) + "\n")
