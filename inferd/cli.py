@@ -1,4 +1,4 @@
-"""The `inferd` command: devices, prepare, convert, info, compile, predict, bench, serve."""
+"""The `inferd` command: devices, prepare, convert, info, compile, optimize, predict, bench, serve."""
 
 from __future__ import annotations
 
@@ -253,6 +253,64 @@ def compile_(
 
 
 @app.command()
+def optimize(
+    package: PackageArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="directory for the compressed package")],
+    pipeline: Annotated[str, typer.Option(
+        "--pipeline", "-s", help="steps applied in order, e.g. 'int8' or 'prune:0.5,palettize:4' "
+        "(fp16, int8, int8-weights, palettize:BITS[:GROUP], prune:SPARSITY, prune:N:M)")],
+    calibration: Annotated[Path | None, typer.Option(
+        help="int8 calibration data: a folder of images or an .npz keyed by input name (default: sample photos)")] = None,
+    method: Annotated[str, typer.Option(help="int8 calibration: minmax, entropy or percentile")] = "minmax",
+    max_drop: Annotated[float | None, typer.Option(
+        help="accuracy budget in points of top-1 (accuracy with labels, else agreement); "
+        "sensitive layers stay at full precision until it holds")] = None,
+    eval_data: Annotated[Path | None, typer.Option(
+        help="evaluation data: a folder per class, or an .npz (inputs + optional 'labels'); "
+        "default: crops, flips and colour jitter of sample photos")] = None,
+    eval_samples: Annotated[int, typer.Option(min=16, help="size of the generated evaluation set")] = 500,
+    report: Annotated[bool, typer.Option("--report", help="measure size, latency and fidelity of every step")] = False,
+    report_json: Annotated[Path | None, typer.Option("--report-json", help="also write the report as JSON")] = None,
+    backends: Annotated[list[str], typer.Option("--backend", "-b", help="backends the report times")] = [  # noqa: B006
+        "onnxruntime", "openvino"],
+    force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
+) -> None:
+    """Compress a package (fp16, int8, palettization, pruning) and report what it cost in accuracy and gained in size."""
+    from inferd import optimize as opt
+    from inferd.bench.compression import render
+    from inferd.bench.compression import report as compression_report
+    from inferd.package import ModelPackage
+
+    if output.exists() and not force:
+        raise InferdError(f"{output} already exists; pass --force to replace it or choose another --output")
+    opt.parse(pipeline)  # reject a bad pipeline before loading anything
+    original = ModelPackage.load(_package(package))
+    eval_set = None
+    if max_drop is not None or report or report_json:
+        with console.status("building the evaluation set"):
+            eval_set = opt.build_eval_set(original.manifest, eval_data, eval_samples)
+    results = []
+    with console.status(f"compressing {original.manifest.name}: {pipeline}"):
+        for step, result in opt.compress_each(original, pipeline, calibration=calibration, method=method,  # type: ignore[arg-type]
+                                              max_drop=max_drop, eval_data=eval_set):
+            kept = result.manifest.compression[-1].details.get("accuracy_guard", {}).get("kept_layers", [])
+            note = f" (kept at full precision: {', '.join(kept)})" if kept else ""
+            console.print(f"[green]done:[/green] {step}{note}")
+            results.append(result)
+    saved = results[-1].save(output, overwrite=force)
+    console.print(f"[green]wrote[/green] {output} ({saved.size_bytes() / 1e6:.2f} MB, "
+                  f"from {original.size_bytes() / 1e6:.2f} MB)")
+    if eval_set is not None and (report or report_json):
+        with console.status("measuring size, fidelity and latency of every step"):
+            result_report = compression_report(original, [*results[:-1], saved], eval_set, backends=backends)
+        out.print(render(result_report))
+        if report_json:
+            report_json.parent.mkdir(parents=True, exist_ok=True)
+            report_json.write_text(json.dumps(result_report, indent=2) + "\n")
+            console.print(f"wrote {report_json}")
+
+
+@app.command()
 def predict(
     package: PackageArg,
     images: Annotated[list[Path], typer.Argument(help="image files", exists=True, dir_okay=False)],
@@ -302,7 +360,7 @@ def bench(
     from inferd.package import ModelPackage
 
     package = _package(package)
-    factory = ModelPackage.load(package).manifest.source.factory if baseline else None
+    factory = ModelPackage.load(package, verify=False).manifest.source.factory if baseline else None  # verified below
     if factory and not factory.startswith("inferd."):
         console.print(f"[yellow]not importing untrusted source factory {factory}; no PyTorch baseline[/yellow]")
         factory = None

@@ -27,10 +27,9 @@ def decode_batch(model: CompiledModel, images: Sequence[bytes], max_pixels: int)
         try:
             tensors.append(preprocess_image(data, spec, max_pixels=max_pixels))
         except InvalidImage as exc:
-            if len(images) > 1:
-                exc.message = f"image {index}: {exc.message}"
-                exc.args = (exc.message,)
-            raise
+            if len(images) == 1:
+                raise
+            raise type(exc)(f"image {index}: {exc.message}") from None
     return np.stack(tensors)
 
 
