@@ -14,7 +14,8 @@ hides the padding from attention and from mean pooling.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import reprlib
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,7 +105,8 @@ def texts_from(values: Iterable[object]) -> list[str]:
             except UnicodeDecodeError as exc:
                 raise InvalidInput(f"text {index} is not valid UTF-8 (at byte {exc.start}); encode texts as UTF-8") from None
         if not isinstance(value, str):
-            raise InvalidInput(f"text {index} is {type(value).__name__} {str(value)[:40]!r}; every text must be a string")
+            raise InvalidInput(f"text {index} is not a string but {type(value).__name__} {reprlib.repr(value)}; "
+                               "send every text as a string")
         if len(value) > MAX_TEXT_CHARS:
             raise PayloadTooLarge(
                 f"text {index} has {len(value)} characters; the limit is {MAX_TEXT_CHARS} "
@@ -136,25 +138,39 @@ def tokenize(model: _Model | _Package, texts: str | Sequence[str]) -> dict[str, 
     return load_tokenizer(package).tokenize(texts_from([texts] if isinstance(texts, str) else texts))
 
 
+def infer_in_chunks(
+    tokenizer: TextTokenizer, texts: Sequence[str], infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    *, chunk_rows: int,
+) -> dict[str, np.ndarray]:
+    """Tokenize and run `texts` in chunks of at most `chunk_rows`, grouped by length; outputs in the texts' order.
+
+    Grouping by length is what sentence-transformers does: each chunk is padded to
+    its own longest text, so short texts are not padded to a long one; chunking
+    bounds the activations a long list would otherwise need all at once.
+    """
+    if chunk_rows < 1:
+        raise InvalidInput(f"the batch size must be at least 1, got {chunk_rows}")
+    order = np.argsort([-len(text) for text in texts], kind="stable")
+    chunks = [infer(tokenizer.tokenize([texts[i] for i in order[start:start + chunk_rows]]))
+              for start in range(0, len(texts), chunk_rows)]
+    outputs = {}
+    for name in chunks[0]:
+        merged = np.concatenate([chunk[name] for chunk in chunks])
+        outputs[name] = np.empty_like(merged)
+        outputs[name][order] = merged
+    return outputs
+
+
 def embed(model: _Model, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
     """Embeddings of `texts`, one row each, like sentence-transformers' `model.encode(texts)`.
 
-    Texts are grouped by length before batching, so each batch pads little; rows
-    come back in the order given. A single string gives a single vector.
+    Texts run in batches of `batch_size`, grouped by length; rows come back in
+    the order given. A single string gives a single vector.
     """
-    if batch_size < 1:
-        raise InvalidInput(f"batch_size must be at least 1, got {batch_size}")
     single = isinstance(texts, str)
     batch = texts_from([texts] if single else texts)
     outputs = [spec.name for spec in model.manifest.outputs]
     if len(outputs) != 1:
         raise InvalidInput(f"model {model.manifest.name!r} has outputs {outputs}; embed needs a model with one output")
-    tokenizer = load_tokenizer(model.package)
-    order = np.argsort([-len(text) for text in batch], kind="stable")
-    rows = []
-    for start in range(0, len(batch), batch_size):
-        chunk = [batch[i] for i in order[start:start + batch_size]]
-        rows.append(model.predict(tokenizer.tokenize(chunk))[outputs[0]])
-    embeddings = np.concatenate(rows)
-    embeddings[order] = embeddings.copy()
+    embeddings = infer_in_chunks(load_tokenizer(model.package), batch, model.predict, chunk_rows=batch_size)[outputs[0]]
     return embeddings[0] if single else embeddings
