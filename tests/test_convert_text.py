@@ -79,7 +79,7 @@ def test_own_text_model_with_its_tokenizer(encoder: TinyTextEncoder, tmp_path: P
     """A TextType input: the tokenizer (built here) ships in the package, and inferd.io tokenizes for it."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words = "the a cat kitten dog sat on mat stock market fell".split()
+    words = ["the", "a", "cat", "kitten", "dog", "sat", "on", "mat", "stock", "market", "fell"]
     tokenizer = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}},
                                            unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

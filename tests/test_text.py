@@ -178,7 +178,7 @@ def test_package_copies_and_guards_its_tokenizer(text_package: Path, tmp_path: P
     assert load_tokenizer(copy).tokenize(["a cat"])["input_ids"].tolist() == [[101, 1037, 4937, 102]]
 
     in_memory = ModelPackage(ModelPackage.load(text_package).manifest, model=copy.onnx_model)
-    with pytest.raises(PackageError, match="tokenizer 'tokenizer.json'"):
+    with pytest.raises(PackageError, match=r"tokenizer 'tokenizer\.json'"):
         in_memory.save(tmp_path / "no-tokenizer")
 
     tampered = tmp_path / "tampered"
@@ -186,7 +186,7 @@ def test_package_copies_and_guards_its_tokenizer(text_package: Path, tmp_path: P
     vocab = json.loads((tampered / "tokenizer.json").read_text())
     vocab["model"]["vocab"]["cat"] = 1
     (tampered / "tokenizer.json").write_text(json.dumps(vocab))
-    with pytest.raises(PackageError, match="tokenizer.json does not match the sha256"):
+    with pytest.raises(PackageError, match=r"tokenizer\.json does not match the sha256"):
         ModelPackage.load(tampered)
 
     missing = tmp_path / "missing"
@@ -194,7 +194,7 @@ def test_package_copies_and_guards_its_tokenizer(text_package: Path, tmp_path: P
     manifest = json.loads((missing / MANIFEST_FILE).read_text())
     del manifest["files"]["tokenizer.json"]
     (missing / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(PackageError, match="lists no tokenizer.json"):
+    with pytest.raises(PackageError, match=r"lists no tokenizer\.json"):
         ModelPackage.load(missing).validate()
 
 

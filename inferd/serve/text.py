@@ -70,9 +70,7 @@ class TextInputs:
         if not isinstance(values, list | tuple):
             shape = f" of shape {list(values.shape)}" if isinstance(values, np.ndarray) else ""
             raise InvalidInput(f"input {self.spec.name!r} must be a flat list of texts; got {type(values).__name__}{shape}")
-        strings = np.empty(len(values), dtype=object)
-        strings[:] = texts_from(values)
-        return {self.spec.name: strings}
+        return {self.spec.name: _strings(texts_from(values))}
 
     def signature(self, feeds: Mapping[str, np.ndarray]) -> Signature:
         return _TEXT_SIGNATURE
@@ -104,5 +102,12 @@ async def embed(
     if len(outputs) != 1:
         raise InvalidInput(f"model {entry.name!r} has outputs {outputs}, not one embedding; "
                            f"use /v2/models/{entry.name}/infer")
-    result = await entry.infer({spec.name: list(texts)}, timeout_s=timeout_s, disconnected=disconnected)
+    result = await entry.infer({spec.name: _strings(texts)}, timeout_s=timeout_s, disconnected=disconnected)
     return result[outputs[0]]
+
+
+def _strings(texts: Sequence[str]) -> np.ndarray:
+    """A 1-D object array of the texts: the batcher counts rows on the leading axis of an array."""
+    array = np.empty(len(texts), dtype=object)
+    array[:] = list(texts)
+    return array
