@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -57,6 +58,10 @@ def test_converts_with_dynamic_batch_and_sequence(package_dir: Path) -> None:
     assert manifest.source.framework == "pytorch (dynamo exporter)"
     assert manifest.inputs == [IDS]
     assert manifest.outputs[0].name == "embedding" and manifest.outputs[0].shape == (-1, 8)
+    graph = onnx.load(str(package_dir / "model.onnx"))
+    onnx.checker.check_model(graph, full_check=True)
+    written = [name for node in graph.graph.node for name in node.output]
+    assert len(written) == len(set(written)) and "embedding" not in {info.name for info in graph.graph.value_info}
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])

@@ -199,6 +199,9 @@ def _unclash_outputs(proto: onnx.ModelProto) -> onnx.ModelProto:
                 renamed.pop(name, None)
             else:
                 renamed[name] = node.output[position] = f"{name}__inner{index}"
+    for info in graph.value_info:  # shape records under a clashing name describe the inner value, not the output
+        if info.name in clashing:
+            info.name = f"{info.name}__inner{clashing[info.name][0]}"
     return proto
 
 
