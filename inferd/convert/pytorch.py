@@ -82,41 +82,12 @@ def convert_pytorch(
     if len(output_names) != len(references[0]):
         raise ConversionError(f"the model returns {len(references[0])} outputs but {len(output_names)} names were given")
 
-    reference_name = f"pytorch {torch.__version__} eager fp32"
     attempts: list[str] = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
-    failures: list[str] = []
-    best: tuple[onnx.ModelProto, str, Fidelity] | None = None
-    for attempt in attempts:
-        try:
-            proto = _export(model, example, tensors, output_names, attempt)
-        except Exception as exc:
-            failures.append(f"{attempt}: {type(exc).__name__}: {_first_line(exc)}")
-            continue
-        try:
-            converted = [run_onnx_reference(proto, feeds) for feeds in check_sets]
-        except Exception as exc:  # a graph that froze a dynamic size cannot run other sizes: try the next exporter
-            failures.append(f"{attempt}: the exported graph fails on other batch or sequence sizes than the "
-                            f"export example's ({_first_line(exc)})")
-            continue
-        fidelity = combine([
-            compare_outputs(ref, got, reference_name=reference_name, runtime_name="onnxruntime cpu fp32",
-                            tolerance=tolerance)
-            for ref, got in zip(references, converted, strict=True)
-        ])
-        if best is None or fidelity.max_abs_diff < best[2].max_abs_diff:
-            best = (proto, attempt, fidelity)
-        if fidelity.passed:
-            break
-        failures.append(f"{attempt}: max abs diff {fidelity.max_abs_diff:.3g} (tolerance {tolerance:g}), "
-                        f"top-1 agreement {fidelity.top1_agreement}")
-    if best is None:
-        raise ConversionError("torch.onnx.export failed with every exporter tried:\n  " + "\n  ".join(failures))
-    proto, used_exporter, fidelity = best
-    if not fidelity.passed and not allow_fidelity_loss:
-        raise FidelityError(
-            "the converted model differs from PyTorch:\n  " + "\n  ".join(failures)
-            + "\ntry exporter='torchscript' or 'dynamo', or pass allow_fidelity_loss=True to keep it anyway"
-        )
+    proto, used_exporter, fidelity = _best_export(
+        model, example, tensors, output_names, attempts, check_sets, references,
+        tolerance=tolerance, allow_fidelity_loss=allow_fidelity_loss,
+        reference_name=f"pytorch {torch.__version__} eager fp32",
+    )
 
     output_specs = [
         TensorType(name=name, shape=_graph_shape(proto, name, out.shape), dtype=_dtype_name(out.dtype))
@@ -139,6 +110,47 @@ def convert_pytorch(
     if meta:
         raise ConversionError(f"unknown metadata keys {sorted(meta)}; use name, version, author, license, description")
     return ModelPackage(manifest, model=proto, assets=assets)
+
+
+def _best_export(
+    model: Any, example: tuple[Any, ...], inputs: list[TensorType | ImageType], output_names: list[str],
+    attempts: list[str], check_sets: list[dict[str, np.ndarray]], references: list[list[np.ndarray]],
+    *, tolerance: float, allow_fidelity_loss: bool, reference_name: str,
+) -> tuple[onnx.ModelProto, str, Fidelity]:
+    """The first exporter whose graph runs every check set and matches PyTorch, else the closest (or an error)."""
+    failures: list[str] = []
+    best: tuple[onnx.ModelProto, str, Fidelity] | None = None
+    for attempt in attempts:
+        try:
+            proto = _export(model, example, inputs, output_names, attempt)
+        except Exception as exc:
+            failures.append(f"{attempt}: {type(exc).__name__}: {_first_line(exc)}")
+            continue
+        try:
+            converted = [run_onnx_reference(proto, feeds) for feeds in check_sets]
+        except Exception as exc:  # a graph that froze a dynamic size cannot run other sizes: try the next exporter
+            failures.append(f"{attempt}: the exported graph fails on other batch or sequence sizes than the "
+                            f"export example's ({_first_line(exc)})")
+            continue
+        fidelity = combine([
+            compare_outputs(ref, got, reference_name=reference_name, runtime_name="onnxruntime cpu fp32",
+                            tolerance=tolerance)
+            for ref, got in zip(references, converted, strict=True)
+        ])
+        if fidelity.passed:
+            return proto, attempt, fidelity
+        failures.append(f"{attempt}: max abs diff {fidelity.max_abs_diff:.3g} (tolerance {tolerance:g}), "
+                        f"top-1 agreement {fidelity.top1_agreement}")
+        if best is None or fidelity.max_abs_diff < best[2].max_abs_diff:
+            best = (proto, attempt, fidelity)
+    if best is None:
+        raise ConversionError("torch.onnx.export failed with every exporter tried:\n  " + "\n  ".join(failures))
+    if not allow_fidelity_loss:
+        raise FidelityError(
+            "the converted model differs from PyTorch:\n  " + "\n  ".join(failures)
+            + "\ntry exporter='torchscript' or 'dynamo', or pass allow_fidelity_loss=True to keep it anyway"
+        )
+    return best
 
 
 def _export(
