@@ -221,7 +221,7 @@ def serve(
     repository: Annotated[Path, typer.Argument(help="model repository directory")] = Path("models"),
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
-    default_model: Annotated[str | None, typer.Option(help="model for POST /predict")] = None,
+    default_model: Annotated[str | None, typer.Option(help="model for POST /predict, or /embed if it takes text")] = None,
     model_control: Annotated[str, typer.Option(help="none | poll | explicit")] = "none",
     load_model: Annotated[list[str] | None, typer.Option(help="model to load at start (explicit mode)")] = None,
     poll_interval: Annotated[float, typer.Option(help="seconds between repository scans (poll mode)")] = 5.0,

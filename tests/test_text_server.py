@@ -180,11 +180,11 @@ def test_v2_repository_and_stats(client: triton.InferenceServerClient) -> None:
 
 @pytest.fixture(scope="module")
 def batching_server(default_repository: Path) -> Iterator[LiveServer]:
-    """Only the text model, in fp32, with a queue delay long enough that concurrent requests surely merge."""
+    """In fp32, with a queue delay long enough that concurrent requests surely merge; the image model is the default."""
     from inferd.serve import ServerSettings
     from inferd.serve.serving_config import ServingConfig
 
-    settings = ServerSettings(repository=default_repository, model_control="explicit", load_models=[MODEL],
+    settings = ServerSettings(repository=default_repository, default_model="efficientnet-lite0",
                               models=ServingConfig(max_batch_size=8, max_queue_delay_ms=300, precision="fp32"))
     with LiveServer(settings) as live:
         yield live
@@ -203,3 +203,11 @@ def test_requests_of_different_lengths_share_a_batch(batching_server: LiveServer
     for texts, response in zip(requests, merged, strict=True):
         alone = httpx.post(url, json=texts, timeout=60).json()["embeddings"]  # padded only to its own texts
         np.testing.assert_allclose(response.json()["embeddings"], alone, atol=1e-5)
+
+
+def test_default_model_serves_only_the_route_it_fits(batching_server: LiveServer, chelsea_png: bytes) -> None:
+    """--default-model names the image model: POST /predict uses it, POST /embed still finds the text model."""
+    embedded = httpx.post(f"{batching_server.url}/embed", json=["a cat"], timeout=60)
+    assert embedded.status_code == 200 and embedded.json()["model"] == MODEL
+    predicted = httpx.post(f"{batching_server.url}/predict", files={"image": ("c.png", chelsea_png)}, timeout=60)
+    assert predicted.status_code == 200 and predicted.json()["model"] == "efficientnet-lite0"

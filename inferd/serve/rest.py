@@ -89,10 +89,11 @@ def _takes_image(model: CompiledModel) -> bool:
 
 
 def _default_model_name(request: Request, serves: Callable[[CompiledModel], bool], what: str) -> str:
-    """`--default-model`, or else the first model (by name) that takes `what` the route receives."""
+    """`--default-model` where it takes `what` the route receives (or is not loaded, to say so), else the first such."""
     settings, repository = _settings(request), _repository(request)
-    if settings.default_model:
-        return settings.default_model
+    default = settings.default_model
+    if default and (default not in repository.names() or serves(repository.get(default).model)):
+        return default
     names = [name for name in repository.names() if serves(repository.get(name).model)]
     if not names:
         raise ModelNotFound(f"the repository {settings.repository} holds no model that takes {what} "
