@@ -2,7 +2,7 @@
 
 The top-level names mirror Core ML's user-facing API: `convert` a source model
 into a package, `load` it compiled for this machine, describe inputs with
-`ImageType`/`TensorType`, choose `ComputeUnit` and `Precision`.
+`ImageType`/`TextType`/`TensorType`, choose `ComputeUnit` and `Precision`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 import inferd.convert as _converters
-from inferd.types import ComputeUnit, ImageType, Precision, TensorType
+from inferd.types import ComputeUnit, ImageType, Precision, TensorType, TextType
 
 if TYPE_CHECKING:
     from inferd.package import ModelPackage
     from inferd.runtime import CompiledModel, Device
 
 __all__ = [
-    "ComputeUnit", "ImageType", "ModelPackage", "Precision", "TensorType", "__version__",
+    "ComputeUnit", "ImageType", "ModelPackage", "Precision", "TensorType", "TextType", "__version__",
     "convert", "devices", "load",
 ]
 

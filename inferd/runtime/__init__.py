@@ -66,7 +66,7 @@ def load(
             f"no backend here runs {compute_units.value} at precision {precision.value}; "
             f"devices: {[d.label for d in devices()]}"
         )
-    feeds = example_feeds({spec.name: (spec.shape, spec.dtype) for spec in package.manifest.inputs})
+    feeds = example_feeds({spec.name: (spec.shape, spec.dtype) for spec in package.manifest.graph_inputs})
     request = {"compute_units": compute_units.value, "precision": precision.value, "backend": backend,
                "threads": options.threads, "streams": streams, "spin": options.spin}
     choice_file = cache.choice_path(root, package.content_hash, request)
