@@ -172,7 +172,7 @@ class ModelPackage:
                 all_tensors_to_one_file=True,
                 location=f"{MODEL_FILE}.data",
             )
-            for name, source in self._asset_sources().items():
+            for name, source in self.asset_files().items():
                 destination = staging / name
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, destination)
@@ -191,7 +191,7 @@ class ModelPackage:
             raise
         return ModelPackage(manifest, model=self._model, path=target)
 
-    def _asset_sources(self) -> dict[str, Path]:
+    def asset_files(self) -> dict[str, Path]:
         """Every file to copy besides the graph: the package's own (when on disk), then the given assets."""
         sources: dict[str, Path] = {}
         if self.path is not None:
