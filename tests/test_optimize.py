@@ -184,3 +184,21 @@ def test_calibration_folder_errors(digits: tuple[ModelPackage, EvalSet, Path], t
     (tmp_path / "empty" / "notes.txt").write_text("no pictures here")
     with pytest.raises(OptimizeError, match="holds no images"):
         quantize_static(image_package, tmp_path / "empty")
+
+
+def test_static_int8_weights_fit_int16_pairs(digits: tuple[ModelPackage, EvalSet, Path]) -> None:
+    """uint8 x int8 kernels without VNNI add neighbouring products in a saturating int16: 255 * 128 must bound them."""
+    from onnx import numpy_helper
+
+    int8 = quantize_static(digits[0], digits[2])
+    weights = {i.name: numpy_helper.to_array(i) for i in int8.onnx_model.graph.initializer
+               if i.data_type == 3 and i.name.endswith("_quantized")}
+    assert len(weights) == 4  # two 3x3 convolutions, two Gemm layers
+    for name, levels in weights.items():
+        flat = np.abs(levels.reshape(levels.shape[0], -1).astype(np.int32))
+        if levels.ndim == 2:  # Gemm (transB): pairs of neighbouring inputs
+            assert (flat[:, 0::2] + flat[:, 1::2]).max() <= 128, name
+        else:  # 3x3: the pairing is the backend's, so every level stays within 64
+            assert flat.max() <= 64, name
+        assert flat.max() >= 64, f"{name} wastes its range"
+    assert int8.manifest.compression[-1].details["refined_layers"] == 4
