@@ -1,0 +1,391 @@
+"""ModelPackage → Core ML `.mlpackage` (an ML program), for apps on Apple devices.
+
+The names follow coremltools (`minimum_deployment_target`, `ImageType`,
+`ClassifierConfig`) so its users recognise them. What the package's manifest
+knows travels into the Core ML model: the image input's scale, bias and colour
+layout become a Core ML ImageType (so an app passes a CVPixelBuffer, not a
+tensor), the labels a classifier whose probabilities output has them all, and
+name, author, licence, description and version the model's metadata.
+
+Two things stay with the app, because Core ML has no place for them: resizing
+and cropping the picture to the input size (the input's description says how,
+and Vision's `imageCropAndScaleOption` does most of it), and, for a package whose
+scale differs per channel, nothing: that scale is computed inside the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferd.export import coreml_compress
+from inferd.export.errors import ExportError, UnsupportedOperation
+from inferd.export.torch_source import Network, Source, as_tuple, check_equivalent, example_inputs, rebuild
+from inferd.package import ModelPackage
+from inferd.types import ImageType
+
+PRECISIONS = ("fp16", "fp32")
+OLDEST_TARGET = "iOS15"  # ML programs need iOS15/macOS12
+WEIGHTS_DIR = Path("Data/com.apple.CoreML/weights")
+CLASS_LABEL = "classLabel"  # Core ML's usual name of a classifier's top label; probabilities come as classLabel_probs
+
+
+@dataclass(frozen=True)
+class CoreMLExport:
+    """What was written, from what, and how much the compression saved."""
+
+    path: Path
+    source: str
+    precision: str
+    minimum_deployment_target: str
+    max_abs_diff_vs_package: float
+    weights_bytes_uncompressed: int
+    weights_bytes: int
+    total_bytes: int
+    compression: tuple[str, ...] = field(default=())
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.weights_bytes_uncompressed / max(self.weights_bytes, 1)
+
+
+def to_coreml(
+    package: str | os.PathLike[str] | ModelPackage,
+    path: str | os.PathLike[str],
+    *,
+    precision: str = "fp16",
+    minimum_deployment_target: str = "macOS13",
+    compress: str | None = None,
+    source: Source | Any = "auto",
+    image_inputs: bool = True,
+    classifier: bool = True,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> CoreMLExport:
+    """Write `package` as a Core ML ML program at `path` (a `.mlpackage` directory).
+
+    `precision` is the ML program's compute precision (Core ML's typed
+    execution: "fp16", its default and what the Neural Engine runs, or "fp32").
+    `compress` applies coremltools.optimize.coreml passes, e.g. "palettize:4",
+    "quantize:8", "prune:0.5", "prune:0.5,palettize:4". `source` picks where the
+    PyTorch network comes from: the package's inferd factory, or its
+    model.onnx through onnx2torch ("auto" prefers the factory), or pass the
+    PyTorch module yourself; it is checked against the package either way. With
+    `image_inputs=False` images stay float tensors the caller preprocesses, and
+    with `classifier=False` the outputs stay raw scores, as inferd's own runtime
+    feeds and reads them.
+    """
+    say = progress or (lambda _: None)
+    target = Path(path)
+    if target.suffix != ".mlpackage":
+        raise ExportError(f"{target}: an ML program is saved as a .mlpackage directory; name it {target.stem}.mlpackage")
+    if target.exists() and not overwrite:
+        raise ExportError(f"{target} already exists; pass overwrite=True (--force on the command line)")
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r}: Core ML ML programs compute in {' or '.join(PRECISIONS)}")
+    steps = coreml_compress.parse(compress) if compress else []
+    if isinstance(source, str) and source not in ("auto", "factory", "onnx"):
+        raise ExportError(f"source {source!r}: choose auto, factory or onnx")
+    ct = _coremltools()
+    deployment = _target(ct, minimum_deployment_target)
+    coreml_compress.check_target(steps, minimum_deployment_target, deployment >= ct.target.iOS18)
+    pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
+    manifest = pkg.manifest
+    as_classifier = classifier and manifest.classifier is not None
+    if as_classifier and len(manifest.outputs) > 1:
+        raise ExportError(f"{manifest.name} has {len(manifest.outputs)} outputs and a Core ML classifier has one; "
+                          "pass classifier=False (--no-classifier) to export every output as a tensor")
+
+    order = _graph_inputs(pkg)
+    say("rebuilding the network in PyTorch")
+    network = rebuild(pkg, source)
+    say("checking it against the package")
+    max_diff = check_equivalent(network, pkg, order)
+    say("capturing the PyTorch graph")
+    facing = _CoreMLFacing.build(network.module, pkg, order, image_inputs, as_classifier)
+    captured = _capture(network, facing, _example(pkg, order, image_inputs))
+    say(f"converting to a Core ML ML program ({precision}, {minimum_deployment_target})")
+    with _quiet():
+        try:
+            mlmodel = ct.convert(
+                captured,
+                inputs=[_coreml_input(ct, pkg, name, image_inputs) for name in order],
+                outputs=None if as_classifier else [ct.TensorType(name=name) for name in _graph_outputs(pkg)],
+                classifier_config=(ct.ClassifierConfig(list(manifest.classifier.labels), predicted_feature_name=CLASS_LABEL)
+                                   if as_classifier and manifest.classifier else None),
+                convert_to="mlprogram",
+                compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+                minimum_deployment_target=deployment,
+                skip_model_load=True,
+            )
+        except NotImplementedError as exc:
+            raise _unsupported(exc, captured) from exc
+    _describe(mlmodel, pkg, network, image_inputs)
+
+    with tempfile.TemporaryDirectory(prefix=".inferd-coreml-", dir=_parent(target)) as staging:
+        uncompressed = Path(staging) / "uncompressed.mlpackage"
+        if steps:
+            _save(mlmodel, uncompressed)
+            say(f"compressing: {', '.join(map(str, steps))}")
+            with _quiet():
+                mlmodel = coreml_compress.apply(mlmodel, steps)
+            _describe(mlmodel, pkg, network, image_inputs)
+        say(f"saving {target}")
+        written = Path(staging) / "model.mlpackage"
+        _save(mlmodel, written)
+        before = weights_bytes(uncompressed if steps else written)
+        if target.exists():
+            shutil.rmtree(target)
+        written.rename(target)
+    return CoreMLExport(
+        path=target, source=network.origin, precision=precision, minimum_deployment_target=minimum_deployment_target,
+        max_abs_diff_vs_package=max_diff, weights_bytes_uncompressed=before, weights_bytes=weights_bytes(target),
+        total_bytes=_tree_bytes(target), compression=tuple(map(str, steps)),
+    )
+
+
+def weights_bytes(mlpackage: str | os.PathLike[str]) -> int:
+    """Bytes of the weight files inside a .mlpackage, the part compression shrinks."""
+    return _tree_bytes(Path(mlpackage) / WEIGHTS_DIR)
+
+
+def _tree_bytes(directory: Path) -> int:
+    return sum(file.stat().st_size for file in directory.rglob("*") if file.is_file())
+
+
+def _parent(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.parent
+
+
+def _save(mlmodel: Any, path: Path) -> None:
+    with _quiet():
+        mlmodel.save(str(path))
+
+
+# -- coremltools ---------------------------------------------------------------------------------
+
+
+def _coremltools() -> Any:
+    # coremltools probes TensorFlow at import; keep TensorFlow's C++ start-up chatter out of the user's terminal.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        with _quiet():
+            import coremltools
+    except ImportError as exc:
+        raise ExportError(f"the Core ML export needs coremltools: pip install 'inferd[coreml]' ({exc})") from exc
+    return coremltools
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """coremltools draws tqdm bars on stderr and warns about untested torch versions; inferd reports progress itself."""
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _target(ct: Any, name: str) -> Any:
+    targets = ct.target.__members__
+    oldest = targets[OLDEST_TARGET]
+    usable = [n for n, t in targets.items() if t >= oldest]
+    lookup = {n.lower(): n for n in usable}
+    if name.lower() not in lookup:
+        raise ExportError(f"minimum deployment target {name!r} is not one coremltools {ct.__version__} knows for ML "
+                          f"programs; choose one of {', '.join(usable)}")
+    return targets[lookup[name.lower()]]
+
+
+def _graph_inputs(package: ModelPackage) -> list[str]:
+    graph = package.onnx_model.graph
+    initializers = {init.name for init in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers]
+
+
+def _graph_outputs(package: ModelPackage) -> list[str]:
+    return [o.name for o in package.onnx_model.graph.output]
+
+
+def _coreml_input(ct: Any, package: ModelPackage, name: str, image_inputs: bool) -> Any:
+    spec = package.manifest.input(name)
+    if isinstance(spec, ImageType) and image_inputs:
+        scale, bias = _image_scale_bias(spec)
+        layout = {"RGB": ct.colorlayout.RGB, "BGR": ct.colorlayout.BGR, "GRAY": ct.colorlayout.GRAYSCALE}[spec.color_layout]
+        return ct.ImageType(name=name, shape=(1, spec.channels, spec.height, spec.width), scale=scale,
+                            bias=bias[0] if spec.color_layout == "GRAY" else bias, color_layout=layout)
+    shape = tuple(1 if d == -1 else d for d in spec.shape)
+    return ct.TensorType(name=name, shape=shape, dtype=np.dtype(spec.dtype).type)
+
+
+def _image_scale_bias(spec: ImageType) -> tuple[float, list[float]]:
+    """Core ML's ImageType computes pixel * scale + bias with one scale for all channels.
+
+    When the package's scale differs per channel, the ImageType passes raw pixels
+    and the model applies the package's scale and bias itself (_CoreMLFacing).
+    """
+    scales = np.broadcast_to(np.atleast_1d(np.asarray(spec.scale, dtype=np.float64)), (spec.channels,))
+    if np.all(scales == scales[0]):
+        bias = np.broadcast_to(np.asarray(spec.bias, dtype=np.float64), (spec.channels,))
+        return float(scales[0]), [float(b) for b in bias]
+    return 1.0, [0.0] * spec.channels
+
+
+def _example(package: ModelPackage, order: list[str], image_inputs: bool) -> tuple[Any, ...]:
+    """Inputs as the Core ML-facing module receives them: NCHW pixels after Core ML's scale and bias for images."""
+    import torch
+
+    feeds = example_inputs(package, order)
+    examples = []
+    for name in order:
+        spec = package.manifest.input(name)
+        value = feeds[name]
+        if isinstance(spec, ImageType) and image_inputs:
+            if spec.channel_layout == "NHWC":
+                value = value.transpose(0, 3, 1, 2)
+            if _image_scale_bias(spec) == (1.0, [0.0] * spec.channels):
+                value = np.random.default_rng(0).uniform(0, 255, value.shape).astype(np.float32)
+        examples.append(torch.from_numpy(np.ascontiguousarray(value)))
+    return tuple(examples)
+
+
+class _CoreMLFacing:
+    """Wraps the network with what Core ML's ImageType and classifier cannot express themselves."""
+
+    @staticmethod
+    def build(network: Any, package: ModelPackage, order: list[str], image_inputs: bool, as_classifier: bool) -> Any:
+        import torch
+
+        adjust: list[tuple[bool, torch.Tensor | None, torch.Tensor | None]] = []
+        for name in order:
+            spec = package.manifest.input(name)
+            if not (isinstance(spec, ImageType) and image_inputs):
+                adjust.append((False, None, None))
+                continue
+            in_model = _image_scale_bias(spec) == (1.0, [0.0] * spec.channels)
+            scale = torch.tensor(np.broadcast_to(spec.scale, (spec.channels,)), dtype=torch.float32).view(1, -1, 1, 1)
+            bias = torch.tensor(np.broadcast_to(spec.bias, (spec.channels,)), dtype=torch.float32).view(1, -1, 1, 1)
+            adjust.append((spec.channel_layout == "NHWC", scale if in_model else None, bias if in_model else None))
+        activation = package.manifest.classifier.activation if as_classifier and package.manifest.classifier else "none"
+
+        class CoreMLFacing(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.network = network
+
+            def forward(self, *inputs: torch.Tensor) -> Any:
+                prepared = []
+                for value, (to_nhwc, scale, bias) in zip(inputs, adjust, strict=True):
+                    if scale is not None and bias is not None:
+                        value = value * scale + bias
+                    prepared.append(value.permute(0, 2, 3, 1) if to_nhwc else value)
+                outputs = as_tuple(self.network(*prepared))
+                if activation == "softmax":
+                    return torch.softmax(outputs[0], dim=-1)
+                if activation == "sigmoid":
+                    return torch.sigmoid(outputs[0])
+                return outputs if len(outputs) > 1 else outputs[0]
+
+        return CoreMLFacing().eval()
+
+
+def _capture(network: Network, facing: Any, example: tuple[Any, ...]) -> Any:
+    """The graph in a form coremltools converts: torch.export where it works, else a TorchScript trace."""
+    import torch
+
+    failures = []
+    for method in network.capture:
+        try:
+            with _quiet(), torch.inference_mode(False), torch.no_grad():
+                if method == "export":
+                    return torch.export.export(facing, example).run_decompositions({})
+                return torch.jit.trace(facing, example, check_trace=False)
+        except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            failures.append(f"{method}: {type(exc).__name__}: {first_line}")
+    raise ExportError(f"PyTorch could not capture the graph of {network.origin}: " + "; ".join(failures))
+
+
+def _unsupported(exc: NotImplementedError, captured: Any) -> ExportError:
+    """Name the op and the node coremltools has no conversion for, and what to try."""
+    import re
+
+    message = str(exc)
+    match = re.search(r"op '([^']+)' not implemented", message) or re.search(r"Unsupported fx node (\S+?),", message)
+    if match is None:
+        return ExportError(f"coremltools cannot convert the network: {message}")
+    op = match.group(1)
+    node = _locate(captured, op)
+    return UnsupportedOperation(
+        f"Core ML has no conversion for the PyTorch op {op!r} (node {node}); try: replace it in the model with "
+        "supported ops, register a composite conversion with coremltools' @register_torch_op, or keep this "
+        "model on inferd's own runtime (inferd serve)"
+    )
+
+
+def _locate(captured: Any, op: str) -> str:
+    """The node named `op` (torch.export) or of kind `aten::op` (TorchScript), with the user's source line."""
+    graph = getattr(captured, "graph", None)
+    if graph is not None and hasattr(graph, "nodes") and callable(getattr(captured, "run_decompositions", None)):
+        for node in graph.nodes:
+            if node.name == op:
+                frames = [line.strip() for line in (node.meta.get("stack_trace") or "").splitlines() if line.strip()]
+                where = f" at {frames[-2]}: {frames[-1]}" if len(frames) >= 2 else ""
+                return f"{node.name} = {node.target}{where}"
+        return op
+    for node in captured.inlined_graph.nodes():
+        if node.kind().split("::")[-1] == op:
+            frames = [line for line in node.sourceRange().splitlines() if "torch/nn/modules" not in line]
+            where = f" at {frames[0].strip()}" if frames else ""
+            scope = f" in {node.scopeName().split('/')[-1].removeprefix('__module.')}" if node.scopeName() else ""
+            return f"%{next(node.outputs()).debugName()} = {node.kind()}{scope}{where}"
+    return op
+
+
+# -- metadata ------------------------------------------------------------------------------------
+
+
+def _describe(mlmodel: Any, package: ModelPackage, network: Network, image_inputs: bool) -> None:
+    manifest = package.manifest
+    mlmodel.author = manifest.author
+    mlmodel.license = manifest.license
+    mlmodel.short_description = manifest.description
+    mlmodel.version = manifest.version
+    mlmodel.user_defined_metadata["inferd.package"] = f"{manifest.name} {manifest.version}"
+    mlmodel.user_defined_metadata["inferd.source"] = network.origin
+    for spec in manifest.inputs:
+        if isinstance(spec, ImageType) and image_inputs:
+            mlmodel.input_description[spec.name] = preprocessing_note(spec)
+            mlmodel.user_defined_metadata[f"inferd.preprocessing.{spec.name}"] = preprocessing_note(spec)
+    if manifest.classifier is not None and CLASS_LABEL in mlmodel.output_description:
+        mlmodel.output_description[CLASS_LABEL] = "the most probable label"
+        mlmodel.output_description[f"{CLASS_LABEL}_probs"] = (
+            f"{manifest.classifier.activation} probabilities of the {len(manifest.classifier.labels)} labels")
+
+
+def preprocessing_note(spec: ImageType) -> str:
+    """What an app must do before Core ML sees the picture: inferd resizes and crops outside the model."""
+    size = f"{spec.width}x{spec.height}"
+    if spec.resize == "center_crop":
+        shorter = round(min(spec.width, spec.height) / spec.crop_fraction)
+        fit = (f"resize the shorter side to {shorter} px, then crop the centre {size} (Vision: crop the centre "
+               f"{spec.crop_fraction:g} of the image, then imageCropAndScaleOption = .centerCrop)")
+    else:
+        fit = f"resize to {size} ignoring the aspect ratio (Vision: imageCropAndScaleOption = .scaleFill)"
+    return f"{spec.color_layout} image, 8-bit pixels; scale and bias are applied by the model. Before predicting: {fit}"
+
