@@ -32,7 +32,7 @@ from inferd.export import coreml_compress
 from inferd.export.errors import ExportError, UnsupportedOperation
 from inferd.export.torch_source import Network, Source, as_tuple, check_equivalent, example_inputs, rebuild
 from inferd.package import ModelPackage
-from inferd.types import ImageType
+from inferd.types import ImageType, TensorType
 
 PRECISIONS = ("fp16", "fp32")
 OLDEST_TARGET = "iOS15"  # ML programs need iOS15/macOS12
@@ -120,7 +120,8 @@ def to_coreml(
             mlmodel = ct.convert(
                 captured,
                 inputs=[_coreml_input(ct, pkg, name, image_inputs) for name in order],
-                outputs=None if as_classifier else [ct.TensorType(name=name) for name in _graph_outputs(pkg)],
+                outputs=None if as_classifier else [
+                    ct.TensorType(name=spec.name, dtype=np.dtype(spec.dtype).type) for spec in _graph_outputs(pkg)],
                 classifier_config=(ct.ClassifierConfig(list(manifest.classifier.labels), predicted_feature_name=CLASS_LABEL)
                                    if as_classifier and manifest.classifier else None),
                 convert_to="mlprogram",
@@ -218,8 +219,9 @@ def _graph_inputs(package: ModelPackage) -> list[str]:
     return [i.name for i in graph.input if i.name not in initializers]
 
 
-def _graph_outputs(package: ModelPackage) -> list[str]:
-    return [o.name for o in package.onnx_model.graph.output]
+def _graph_outputs(package: ModelPackage) -> list[TensorType]:
+    declared = {spec.name: spec for spec in package.manifest.outputs}
+    return [declared[o.name] for o in package.onnx_model.graph.output]
 
 
 def _coreml_input(ct: Any, package: ModelPackage, name: str, image_inputs: bool) -> Any:

@@ -89,7 +89,7 @@ def check_target(steps: list[Step], target: str, target_is_ios18: bool) -> None:
     if reasons:
         raise ExportError(
             f"{'; '.join(reasons)} needs Core ML operations from {IOS18} on, but the deployment target is {target}; "
-            "pass minimum_deployment_target='macOS15' or 'iOS18' (--target) or later, or compress less"
+            "pass --target macOS15 or iOS18 or later (minimum_deployment_target=...), or compress less"
         )
 
 
