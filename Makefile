@@ -21,6 +21,8 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# Core ML export of ONNX-only packages; --no-deps because its torchvision requirement breaks beside CPU torch.
+	$(BIN)/pip install --quiet --no-deps onnx2torch==1.5.15
 	touch $(STAMP)
 
 $(REPO)/efficientnet-lite0/manifest.json: $(STAMP)

@@ -269,7 +269,8 @@ app.add_typer(export_app, name="export")
 @export_app.command("coreml")
 def export_coreml(
     package: PackageArg,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="the .mlpackage to write (default: NAME.mlpackage here)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="the .mlpackage to write (default: NAME.mlpackage here)")] = None,
     precision: Annotated[str, typer.Option("--precision", "-p", help="compute precision: fp16 (Neural Engine) or fp32")] = "fp16",
     target: Annotated[str, typer.Option("--target", "-t", help="minimum deployment target: macOS13, macOS14, macOS15, "
                                          "iOS16, iOS17, iOS18, …")] = "macOS13",
@@ -288,7 +289,7 @@ def export_coreml(
     status_console = Console(file=sys.stderr)
     with status_console.status("exporting") as status:
         result = to_coreml(package, target_path, precision=precision, minimum_deployment_target=target, compress=compress,
-                           source=source, classifier=classifier, overwrite=force,  # type: ignore[arg-type]
+                           source=source, classifier=classifier, overwrite=force,
                            progress=lambda stage: status.update(stage))
     table = Table(show_header=False, title=f"Core ML export of {package}")
     rows = {

@@ -27,7 +27,7 @@ def test_classifies_a_cat(default_package: Path, precision: str) -> None:
     pytest.importorskip("coremltools")
     from skimage import data
 
-    from inferd.io import top_k, to_tensor
+    from inferd.io import to_tensor, top_k
     from inferd.runtime import load
 
     model = load(default_package, backend="coreml", compute_units="cpu_only", precision=precision)

@@ -24,11 +24,11 @@ if importlib.util.find_spec("coremltools") is None or importlib.util.find_spec("
     pytest.skip("the Core ML export needs coremltools and onnx2torch (pip install -e '.[dev]', make test)",
                 allow_module_level=True)
 
-import inferd  # noqa: E402
-from inferd.errors import PackageError  # noqa: E402
-from inferd.export import CoreMLExport, ExportError, UnsupportedOperation, to_coreml  # noqa: E402
-from inferd.export.coreml import weights_bytes  # noqa: E402
-from inferd.types import ImageType  # noqa: E402
+import inferd
+from inferd.errors import PackageError
+from inferd.export import CoreMLExport, ExportError, UnsupportedOperation, to_coreml
+from inferd.export.coreml import weights_bytes
+from inferd.types import ImageType
 
 PER_CHANNEL_SCALE = (1 / 58.4, 1 / 57.1, 1 / 57.4)
 
@@ -252,7 +252,7 @@ def test_bad_options(small: inferd.ModelPackage, tmp_path: Path, options: dict[s
 def test_bad_paths(small: inferd.ModelPackage, tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="not a model package directory"):
         to_coreml(tmp_path / "missing", tmp_path / "x.mlpackage")
-    with pytest.raises(ExportError, match="name it model.mlpackage"):
+    with pytest.raises(ExportError, match=r"name it model\.mlpackage"):
         to_coreml(small, tmp_path / "model.mlmodel")
     (tmp_path / "taken.mlpackage").mkdir()
     with pytest.raises(ExportError, match="already exists"):
