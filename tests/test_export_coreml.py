@@ -188,6 +188,24 @@ def test_tensor_export_as_inferd_runtime_uses_it(small: inferd.ModelPackage, tmp
     assert op_counts(spec)["classify"] == 0 and op_counts(spec)["softmax"] == 0
 
 
+def test_in_memory_package_straight_from_a_converter(tmp_path: Path) -> None:
+    import torch
+
+    class Gray(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = SmallNet.build()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.network(x.expand(-1, 3, -1, -1))
+
+    package = inferd.convert(Gray(), inputs=[ImageType(name="image", shape=(1, 1, 32, 32), color_layout="GRAY")])
+    assert package.path is None  # never saved: what a source auto-detection would hand over
+    result = to_coreml(package, tmp_path / "gray.mlpackage", classifier=False)
+    image = spec_of(result.path).description.input[0].type.imageType
+    assert image.colorSpace == image.GRAYSCALE and result.max_abs_diff_vs_package < 1e-3
+
+
 # Three weight tensors are over Core ML's 2048-element threshold; grouping 64 channels leaves out the 10-class head.
 @pytest.mark.parametrize(("compress", "target", "op", "count"), [
     ("quantize:8", "macOS13", "constexpr_affine_dequantize", 3),

@@ -112,7 +112,7 @@ def to_coreml(
     say("checking it against the package")
     max_diff = check_equivalent(network, pkg, order)
     say("capturing the PyTorch graph")
-    facing = _CoreMLFacing.build(network.module, pkg, order, image_inputs, as_classifier)
+    facing = _core_ml_facing(network.module, pkg, order, image_inputs, as_classifier)
     captured = _capture(network, facing, _example(pkg, order, image_inputs))
     say(f"converting to a Core ML ML program ({precision}, {minimum_deployment_target})")
     with _quiet():
@@ -235,21 +235,21 @@ def _coreml_input(ct: Any, package: ModelPackage, name: str, image_inputs: bool)
     return ct.TensorType(name=name, shape=shape, dtype=np.dtype(spec.dtype).type)
 
 
-def _image_scale_bias(spec: ImageType) -> tuple[float, list[float]]:
-    """Core ML's ImageType computes pixel * scale + bias with one scale for all channels.
+def _scales_in_model(spec: ImageType) -> bool:
+    """Core ML's ImageType has one scale for all channels; a per-channel scale is applied inside the model."""
+    return len(set(np.atleast_1d(spec.scale).tolist())) > 1
 
-    When the package's scale differs per channel, the ImageType passes raw pixels
-    and the model applies the package's scale and bias itself (_CoreMLFacing).
-    """
-    scales = np.broadcast_to(np.atleast_1d(np.asarray(spec.scale, dtype=np.float64)), (spec.channels,))
-    if np.all(scales == scales[0]):
-        bias = np.broadcast_to(np.asarray(spec.bias, dtype=np.float64), (spec.channels,))
-        return float(scales[0]), [float(b) for b in bias]
-    return 1.0, [0.0] * spec.channels
+
+def _image_scale_bias(spec: ImageType) -> tuple[float, list[float]]:
+    """The ImageType's pixel * scale + bias: the package's, or raw pixels when the model scales them itself."""
+    if _scales_in_model(spec):
+        return 1.0, [0.0] * spec.channels
+    bias = np.broadcast_to(np.asarray(spec.bias, dtype=np.float64), (spec.channels,))
+    return float(np.atleast_1d(spec.scale)[0]), [float(b) for b in bias]
 
 
 def _example(package: ModelPackage, order: list[str], image_inputs: bool) -> tuple[Any, ...]:
-    """Inputs as the Core ML-facing module receives them: NCHW pixels after Core ML's scale and bias for images."""
+    """Inputs as the Core ML-facing module receives them: NCHW, after the ImageType's scale and bias for images."""
     import torch
 
     feeds = example_inputs(package, order)
@@ -260,50 +260,53 @@ def _example(package: ModelPackage, order: list[str], image_inputs: bool) -> tup
         if isinstance(spec, ImageType) and image_inputs:
             if spec.channel_layout == "NHWC":
                 value = value.transpose(0, 3, 1, 2)
-            if _image_scale_bias(spec) == (1.0, [0.0] * spec.channels):
+            if _scales_in_model(spec):
                 value = np.random.default_rng(0).uniform(0, 255, value.shape).astype(np.float32)
         examples.append(torch.from_numpy(np.ascontiguousarray(value)))
     return tuple(examples)
 
 
-class _CoreMLFacing:
-    """Wraps the network with what Core ML's ImageType and classifier cannot express themselves."""
+def _core_ml_facing(network: Any, package: ModelPackage, order: list[str], image_inputs: bool, as_classifier: bool) -> Any:
+    """The network wrapped with what Core ML's ImageType and classifier cannot express themselves.
 
-    @staticmethod
-    def build(network: Any, package: ModelPackage, order: list[str], image_inputs: bool, as_classifier: bool) -> Any:
-        import torch
+    That is a per-channel scale, the NCHW → NHWC transpose (Core ML hands images
+    over as NCHW) and the classifier's activation (Core ML's classifier labels
+    whatever scores it is given; the package's probabilities are softmax or sigmoid).
+    """
+    import torch
 
-        adjust: list[tuple[bool, torch.Tensor | None, torch.Tensor | None]] = []
-        for name in order:
-            spec = package.manifest.input(name)
-            if not (isinstance(spec, ImageType) and image_inputs):
-                adjust.append((False, None, None))
-                continue
-            in_model = _image_scale_bias(spec) == (1.0, [0.0] * spec.channels)
+    adjust: list[tuple[bool, torch.Tensor | None, torch.Tensor | None]] = []
+    for name in order:
+        spec = package.manifest.input(name)
+        if not (isinstance(spec, ImageType) and image_inputs):
+            adjust.append((False, None, None))
+            continue
+        scale = bias = None
+        if _scales_in_model(spec):
             scale = torch.tensor(np.broadcast_to(spec.scale, (spec.channels,)), dtype=torch.float32).view(1, -1, 1, 1)
             bias = torch.tensor(np.broadcast_to(spec.bias, (spec.channels,)), dtype=torch.float32).view(1, -1, 1, 1)
-            adjust.append((spec.channel_layout == "NHWC", scale if in_model else None, bias if in_model else None))
-        activation = package.manifest.classifier.activation if as_classifier and package.manifest.classifier else "none"
+        adjust.append((spec.channel_layout == "NHWC", scale, bias))
+    activation = package.manifest.classifier.activation if as_classifier and package.manifest.classifier else "none"
 
-        class CoreMLFacing(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.network = network
+    class CoreMLFacing(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
 
-            def forward(self, *inputs: torch.Tensor) -> Any:
-                prepared = []
-                for value, (to_nhwc, scale, bias) in zip(inputs, adjust, strict=True):
-                    if scale is not None and bias is not None:
-                        value = value * scale + bias
-                    prepared.append(value.permute(0, 2, 3, 1) if to_nhwc else value)
-                outputs = as_tuple(self.network(*prepared))
-                if activation == "softmax":
-                    return torch.softmax(outputs[0], dim=-1)
-                if activation == "sigmoid":
-                    return torch.sigmoid(outputs[0])
-                return outputs if len(outputs) > 1 else outputs[0]
+        def forward(self, *inputs: torch.Tensor) -> Any:
+            prepared = []
+            for value, (to_nhwc, scale, bias) in zip(inputs, adjust, strict=True):
+                if scale is not None and bias is not None:
+                    value = value * scale + bias
+                prepared.append(value.permute(0, 2, 3, 1) if to_nhwc else value)
+            outputs = as_tuple(self.network(*prepared))
+            if activation == "softmax":
+                return torch.softmax(outputs[0], dim=-1)
+            if activation == "sigmoid":
+                return torch.sigmoid(outputs[0])
+            return outputs if len(outputs) > 1 else outputs[0]
 
-        return CoreMLFacing().eval()
+    return CoreMLFacing().eval()
 
 
 def _capture(network: Network, facing: Any, example: tuple[Any, ...]) -> Any:

@@ -99,9 +99,13 @@ class CoreMLBackend:
         if not cached:
             cache_dir.mkdir(parents=True, exist_ok=True)
             exported = cache_dir / f".model.{os.getpid()}.mlpackage"
+            staging = cache_dir / f".model.{os.getpid()}.mlmodelc"  # compile_model insists on the extension
+            shutil.rmtree(staging, ignore_errors=True)
             to_coreml(package, exported, precision=effective, image_inputs=False, classifier=False, overwrite=True)
-            staging = Path(ct.utils.compile_model(str(exported), str(cache_dir / f".{_COMPILED}.{os.getpid()}")))
-            shutil.rmtree(exported)
+            try:
+                ct.utils.compile_model(str(exported), str(staging))
+            finally:
+                shutil.rmtree(exported, ignore_errors=True)
             staging.rename(compiled)
         try:
             model = ct.models.CompiledMLModel(str(compiled), compute_units=ct.ComputeUnit[device.id])
