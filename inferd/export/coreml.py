@@ -7,10 +7,10 @@ layout become a Core ML ImageType (so an app passes a CVPixelBuffer, not a
 tensor), the labels a classifier whose probabilities output has them all, and
 name, author, licence, description and version the model's metadata.
 
-Two things stay with the app, because Core ML has no place for them: resizing
-and cropping the picture to the input size (the input's description says how,
-and Vision's `imageCropAndScaleOption` does most of it), and, for a package whose
-scale differs per channel, nothing: that scale is computed inside the model.
+One thing stays with the app because Core ML has no place for it: resizing and
+cropping the picture to the input size (the input's description says how, and
+Vision's `imageCropAndScaleOption` does most of it). A per-channel scale, which
+Core ML's ImageType cannot hold, is computed inside the model instead.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from inferd.errors import InferdError
 from inferd.export import coreml_compress
 from inferd.export.errors import ExportError, UnsupportedOperation
 from inferd.export.torch_source import Network, Source, as_tuple, check_equivalent, example_inputs, rebuild
@@ -131,6 +132,11 @@ def to_coreml(
             )
         except NotImplementedError as exc:
             raise _unsupported(exc, captured) from exc
+        except Exception as exc:  # a conversion coremltools gets wrong on this graph
+            raise ExportError(
+                f"coremltools {ct.__version__} could not convert {network.origin}: {type(exc).__name__}: "
+                f"{_first_line(exc)}; try the other source (source='onnx' or 'factory', --source)"
+            ) from exc
     _describe(mlmodel, pkg, network, image_inputs)
 
     with tempfile.TemporaryDirectory(prefix=".inferd-coreml-", dir=_parent(target)) as staging:
@@ -320,10 +326,16 @@ def _capture(network: Network, facing: Any, example: tuple[Any, ...]) -> Any:
                 if method == "export":
                     return torch.export.export(facing, example).run_decompositions({})
                 return torch.jit.trace(facing, example, check_trace=False)
+        except InferdError:
+            raise
         except Exception as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            failures.append(f"{method}: {type(exc).__name__}: {first_line}")
+            failures.append(f"{method}: {type(exc).__name__}: {_first_line(exc)}")
     raise ExportError(f"PyTorch could not capture the graph of {network.origin}: " + "; ".join(failures))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _unsupported(exc: NotImplementedError, captured: Any) -> ExportError:
