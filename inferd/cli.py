@@ -305,6 +305,8 @@ def export_coreml(
     for key, value in rows.items():
         table.add_row(key, value)
     out.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     out.print("Core ML runs it on macOS/iOS; the input's description in Xcode says how to resize and crop pictures.")
 
 

@@ -25,19 +25,18 @@ def test_registered_on_macos() -> None:
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
 def test_classifies_a_cat(default_package: Path, precision: str) -> None:
     pytest.importorskip("coremltools")
+    from PIL import Image
     from skimage import data
 
-    from inferd.io import to_tensor, top_k
+    from inferd.io import image_input, to_tensor, top_k
     from inferd.runtime import load
 
     model = load(default_package, backend="coreml", compute_units="cpu_only", precision=precision)
     assert model.load_info.backend == "coreml" and model.load_info.precision == precision
-    spec = model.manifest.inputs[0]
-    from PIL import Image
-
-    image = to_tensor(Image.fromarray(data.chelsea()), spec)  # type: ignore[arg-type]
-    scores = model.predict({"image": image[None]})["logits"]
-    (ranked,) = top_k(scores, model.manifest.classifier.labels, 5)  # type: ignore[union-attr]
+    spec = image_input(model.manifest)
+    scores = model.predict({spec.name: to_tensor(Image.fromarray(data.chelsea()), spec)[None]})["logits"]
+    assert model.manifest.classifier is not None
+    (ranked,) = top_k(scores, model.manifest.classifier.labels, 5)
     assert {p.label for p in ranked} & CAT_LABELS
     again = load(default_package, backend="coreml", compute_units="cpu_only", precision=precision)
     assert again.load_info.cached

@@ -217,6 +217,8 @@ def test_compressions(small: inferd.ModelPackage, tmp_path: Path, compress: str,
     result = to_coreml(small, tmp_path / "c.mlpackage", compress=compress, minimum_deployment_target=target)
     assert op_counts(spec_of(result.path))[op] == count
     assert result.weights_bytes < result.weights_bytes_uncompressed / 1.7
+    if count < 3:  # the weight left out is reported, with the reason
+        assert any("(10) is not divisible by channel_group_size (64)" in note for note in result.notes), result.notes
 
 
 def test_unsupported_op_is_named_with_its_node(tmp_path: Path) -> None:

@@ -54,6 +54,8 @@ class CoreMLExport:
     weights_bytes: int
     total_bytes: int
     compression: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())
+    """What coremltools reported while compressing, e.g. weights it left uncompressed and why."""
 
     @property
     def compression_ratio(self) -> float:
@@ -139,12 +141,13 @@ def to_coreml(
             ) from exc
     _describe(mlmodel, pkg, network, image_inputs)
 
+    warned: list[str] = []
     with tempfile.TemporaryDirectory(prefix=".inferd-coreml-", dir=_parent(target)) as staging:
         uncompressed = Path(staging) / "uncompressed.mlpackage"
         if steps:
             _save(mlmodel, uncompressed)
             say(f"compressing: {', '.join(map(str, steps))}")
-            with _quiet():
+            with _quiet(collect=warned):
                 mlmodel = coreml_compress.apply(mlmodel, steps)
             _describe(mlmodel, pkg, network, image_inputs)
         say(f"saving {target}")
@@ -157,7 +160,7 @@ def to_coreml(
     return CoreMLExport(
         path=target, source=network.origin, precision=precision, minimum_deployment_target=minimum_deployment_target,
         max_abs_diff_vs_package=max_diff, weights_bytes_uncompressed=before, weights_bytes=weights_bytes(target),
-        total_bytes=_tree_bytes(target), compression=tuple(map(str, steps)),
+        total_bytes=_tree_bytes(target), compression=tuple(map(str, steps)), notes=_notes(warned),
     )
 
 
@@ -195,17 +198,45 @@ def _coremltools() -> Any:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """coremltools draws tqdm bars on stderr and warns about untested torch versions; inferd reports progress itself."""
+def _quiet(collect: list[str] | None = None) -> Iterator[None]:
+    """coremltools draws tqdm bars on stderr and warns about untested torch versions; inferd reports progress itself.
+
+    With `collect`, coremltools' warnings are gathered there instead of dropped
+    (the compression passes warn about each weight they leave uncompressed).
+    """
     logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    level, propagate, handler = logger.level, logger.propagate, None
+    logger.setLevel(logging.CRITICAL if collect is None else logging.WARNING)
+    if collect is not None:
+        handler = _Collector(collect)
+        logger.addHandler(handler)
+        logger.propagate = False
     try:
         with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         logger.setLevel(level)
+        logger.propagate = propagate
+        if handler is not None:
+            logger.removeHandler(handler)
+
+
+class _Collector(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage().strip())
+
+
+def _notes(messages: list[str]) -> tuple[str, ...]:
+    """One line per distinct message, counted: a pass warns once per weight it skips."""
+    counts: dict[str, int] = {}
+    for message in messages:
+        counts[message] = counts.get(message, 0) + 1
+    return tuple(f"{text} ({count} weights)" if count > 1 else text for text, count in counts.items())
 
 
 def _target(ct: Any, name: str) -> Any:
