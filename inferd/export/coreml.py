@@ -233,9 +233,12 @@ class _Collector(logging.Handler):
 
 def _notes(messages: list[str]) -> tuple[str, ...]:
     """One line per distinct message, counted: a pass warns once per weight it skips."""
+    import re
+
     counts: dict[str, int] = {}
     for message in messages:
-        counts[message] = counts.get(message, 0) + 1
+        general = re.sub(r"on \S+?\. Skipped this op\.", "some weights, which stay uncompressed.", message)
+        counts[general] = counts.get(general, 0) + 1
     return tuple(f"{text} ({count} weights)" if count > 1 else text for text, count in counts.items())
 
 

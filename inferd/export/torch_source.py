@@ -37,6 +37,10 @@ class Network:
 def rebuild(package: ModelPackage, source: Source | Any = "auto") -> Network:
     """`source` is "auto", "factory", "onnx", or the network itself as a torch module (checked all the same)."""
     if not isinstance(source, str):
+        import torch
+
+        if not isinstance(source, torch.nn.Module):
+            raise ExportError(f"source must be auto, factory, onnx or a torch.nn.Module, not {type(source).__name__}")
         return Network(source.eval(), f"the given {type(source).__name__} module", ("export", "trace"))
     factory = package.manifest.source.factory
     usable, why_not = _factory_usable(package)
