@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -233,11 +234,9 @@ class _Collector(logging.Handler):
 
 def _notes(messages: list[str]) -> tuple[str, ...]:
     """One line per distinct message, counted: a pass warns once per weight it skips."""
-    import re
-
     counts: dict[str, int] = {}
     for message in messages:
-        general = re.sub(r"on \S+?\. Skipped this op\.", "some weights, which stay uncompressed.", message)
+        general = re.sub(r"on \S+?\. Skipped this op\.", "on some weights, which stay uncompressed.", message)
         counts[general] = counts.get(general, 0) + 1
     return tuple(f"{text} ({count} weights)" if count > 1 else text for text, count in counts.items())
 
@@ -374,8 +373,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _unsupported(exc: NotImplementedError, captured: Any) -> ExportError:
     """Name the op and the node coremltools has no conversion for, and what to try."""
-    import re
-
     message = str(exc)
     match = re.search(r"op '([^']+)' not implemented", message) or re.search(r"Unsupported fx node (\S+?),", message)
     if match is None:
