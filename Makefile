@@ -25,10 +25,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps onnx2torch==1.5.15
 	touch $(STAMP)
 
-$(REPO)/efficientnet-lite0/manifest.json: $(STAMP)
+# The default models: an image classifier and a text embedder, both built by one `inferd prepare`.
+MODELS := $(REPO)/efficientnet-lite0/manifest.json $(REPO)/minilm-l6/manifest.json
+
+$(MODELS) &: $(STAMP)
 	$(BIN)/inferd prepare $(REPO)
 
-run: $(STAMP) $(REPO)/efficientnet-lite0/manifest.json
+run: $(STAMP) $(MODELS)
 	$(BIN)/inferd serve $(REPO) --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
@@ -38,9 +41,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check inferd tests benchmarks
 	$(BIN)/mypy inferd
 
-bench: $(STAMP) $(REPO)/efficientnet-lite0/manifest.json
+bench: $(STAMP) $(MODELS)
 	mkdir -p benchmarks/results
 	$(BIN)/inferd bench $(REPO)/efficientnet-lite0 --json benchmarks/results/engine-efficientnet-lite0.json
+	$(BIN)/inferd bench $(REPO)/minilm-l6 --json benchmarks/results/engine-minilm-l6.json
 
 clean:
 	rm -rf $(VENV) $(REPO) .pytest_cache .mypy_cache .ruff_cache

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from inferd.optimize import build_eval_set, palettize, quantize_static, render, report
+from inferd.bench.compression import render, report
+from inferd.optimize import build_eval_set, palettize, quantize_static
 from inferd.package import ModelPackage
 
 ROOT = Path(__file__).resolve().parent.parent

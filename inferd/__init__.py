@@ -2,7 +2,7 @@
 
 The top-level names mirror Core ML's user-facing API: `convert` a source model
 into a package, `load` it compiled for this machine, describe inputs with
-`ImageType`/`TensorType`, choose `ComputeUnit` and `Precision`.
+`ImageType`/`TextType`/`TensorType`, choose `ComputeUnit` and `Precision`.
 """
 
 from __future__ import annotations
@@ -12,25 +12,31 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 import inferd.convert as _converters
-from inferd.types import ComputeUnit, ImageType, Precision, TensorType
+from inferd.types import ComputeUnit, ImageType, Precision, TensorType, TextType
 
 if TYPE_CHECKING:
     from inferd.package import ModelPackage
     from inferd.runtime import CompiledModel, Device
 
 __all__ = [
-    "ComputeUnit", "ImageType", "ModelPackage", "Precision", "TensorType", "__version__",
+    "ComputeUnit", "ImageType", "ModelPackage", "Precision", "TensorType", "TextType", "__version__",
     "convert", "devices", "load",
 ]
 
 
 def convert(model: Any, **kwargs: Any) -> ModelPackage:
-    """Convert a source model into a ModelPackage; see `inferd.convert.convert_pytorch` for the options."""
-    return _converters.convert_pytorch(model, **kwargs)
+    """Convert a model (PyTorch, Keras, scikit-learn, ONNX) or a model file into a ModelPackage.
+
+    See `inferd.convert.convert` for how the framework is chosen and the converters for their options.
+    """
+    return _converters.convert(model, **kwargs)
 
 
 def load(model: Any, **kwargs: Any) -> CompiledModel:
-    """Load a package compiled for this machine; see `inferd.runtime.load` for the options."""
+    """Load a package, or a model file converted on the fly (and cached), compiled for this machine.
+
+    See `inferd.runtime.load` for the options.
+    """
     from inferd.runtime import load as runtime_load
 
     return runtime_load(model, **kwargs)

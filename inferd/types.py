@@ -1,13 +1,14 @@
 """The user-facing vocabulary, named after Core ML's so its users feel at home.
 
-`ImageType` and `TensorType` describe a model input both when converting (what to
-export) and inside a package manifest (how to feed it), so one definition serves
-the converter, the preprocessing in `inferd.io` and the server.
+`ImageType`, `TextType` and `TensorType` describe a model input both when
+converting (what to export) and inside a package manifest (how to feed it), so one
+definition serves the converter, the preprocessing in `inferd.io` and the server.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -109,4 +110,44 @@ class ImageType(_Spec):
         return self.shape[3] if self.channel_layout == "NCHW" else self.shape[2]
 
 
-InputType = Annotated[ImageType | TensorType, Field(discriminator="kind")]
+class TextType(_Spec):
+    """A text input: a batch of strings that inferd tokenizes into the token tensors the graph takes.
+
+    One string becomes several tensors (token ids, attention mask, token types),
+    so a TextType names the graph inputs it feeds instead of being one itself;
+    each is int64 of shape [batch, sequence]. `tokenizer` is a file inside the
+    package (a Hugging Face `tokenizers` JSON file), so the exact vocabulary the
+    model was trained with travels with it. Texts are cut to `max_length` tokens
+    (special tokens included) and each batch is padded to its longest text.
+    """
+
+    kind: Literal["text"] = "text"
+    name: str = Field("text", min_length=1, max_length=128)
+    shape: tuple[int, ...] = Field((-1,), description="a batch of strings; -1 for a dynamic batch")
+    dtype: Literal["string"] = "string"
+    tokenizer: str = Field("tokenizer.json", description="package-relative path of the tokenizers JSON file")
+    max_length: int = Field(gt=1, le=1 << 20, description="tokens per text, special tokens included")
+    input_ids: str = Field("input_ids", min_length=1, max_length=128)
+    attention_mask: str | None = Field("attention_mask", min_length=1, max_length=128)
+    token_type_ids: str | None = Field(None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TextType:
+        if len(self.shape) != 1:
+            raise ValueError(f"text input {self.name!r}: shape is the batch of strings, one dim like (-1,); got {self.shape}")
+        names = [self.name, *(tensor.name for tensor in self.tensors)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"text input {self.name!r}: the text and its token tensors need distinct names, got {names}")
+        path = PurePosixPath(self.tokenizer)
+        if path.is_absolute() or ".." in path.parts or "\\" in self.tokenizer or not path.parts:
+            raise ValueError(f"text input {self.name!r}: tokenizer must be a path inside the package, got {self.tokenizer!r}")
+        return self
+
+    @property
+    def tensors(self) -> tuple[TensorType, ...]:
+        """The graph inputs this text feeds, in the order ids, attention mask, token types."""
+        names = (self.input_ids, self.attention_mask, self.token_type_ids)
+        return tuple(TensorType(name=name, shape=(self.shape[0], -1), dtype="int64") for name in names if name)
+
+
+InputType = Annotated[ImageType | TensorType | TextType, Field(discriminator="kind")]

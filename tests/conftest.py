@@ -23,17 +23,23 @@ CAT_LABELS = {"tabby, tabby cat", "tiger cat", "Egyptian cat", "Persian cat", "S
 
 @pytest.fixture(scope="session")
 def default_repository() -> Path:
-    """The default repository `models/`, prepared exactly as `make run` prepares it."""
-    from inferd.zoo import efficientnet_lite0
+    """The default repository `models/`, prepared exactly as `make run` prepares it: an image and a text model."""
+    from inferd.zoo import efficientnet_lite0, minilm_l6
 
     repository = ROOT / "models"
     efficientnet_lite0.prepare(repository)
+    minilm_l6.prepare(repository)
     return repository
 
 
 @pytest.fixture(scope="session")
 def default_package(default_repository: Path) -> Path:
     return default_repository / "efficientnet-lite0"
+
+
+@pytest.fixture(scope="session")
+def text_package(default_repository: Path) -> Path:
+    return default_repository / "minilm-l6"
 
 
 def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:

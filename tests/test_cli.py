@@ -15,7 +15,7 @@ def inferd(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_help_everywhere() -> None:
-    for command in ([], ["devices"], ["info"], ["predict"], ["compile"], ["bench"], ["serve"], ["prepare"]):
+    for command in ([], ["devices"], ["convert"], ["info"], ["predict"], ["compile"], ["bench"], ["serve"], ["prepare"]):
         result = inferd(*command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout, command
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -296,6 +297,14 @@ def test_cli_export(small: inferd.ModelPackage, tmp_path: Path) -> None:
     for words in ("onnx2torch", "quantize:8", "fp32 / iOS17", "smaller"):
         assert words in result.stdout
     assert op_counts(spec_of(target))["constexpr_affine_dequantize"] == 3
+    # A model file is converted into a package first (cached), then exported: here the small model's bare ONNX.
+    onnx_file = tmp_path / "small.onnx"
+    shutil.copy(small.model_path, onnx_file)
+    result = CliRunner().invoke(app, ["export", "coreml", str(onnx_file), "-o", str(tmp_path / "from_onnx.mlpackage")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    (tensor,) = spec_of(tmp_path / "from_onnx.mlpackage").description.input  # no --image given: a plain tensor
+    assert list(tensor.type.multiArrayType.shape) == [1, 3, 32, 32]
 
 
 def test_cli_errors_are_one_line(small: inferd.ModelPackage, tmp_path: Path) -> None:

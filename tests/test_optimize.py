@@ -107,7 +107,7 @@ def test_grouped_4_bit_palettization(digits: tuple[ModelPackage, EvalSet, Path],
     assert details["weight_bytes_before"] / details["weight_bytes_after"] > 6  # 8x less the lookup tables
     assert accuracy(package, eval_set) - accuracy(small, eval_set) <= 1.0
     assert small.size_bytes() < package.size_bytes() / 2
-    assert small.manifest.compression[-1].parameters == {"bits": 4, "group_size": 16}
+    assert small.manifest.compression[-1].parameters == {"bits": 4, "group_size": 16, "per_channel_scale": True}
 
 
 def test_palettized_package_runs_on_every_backend(digits: tuple[ModelPackage, EvalSet, Path], tmp_path: Path) -> None:

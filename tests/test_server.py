@@ -18,8 +18,9 @@ def labels(response: httpx.Response) -> list[str]:
 
 def test_health_and_models(server: LiveServer) -> None:
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
-    (model,) = httpx.get(f"{server.url}/models").json()["models"]
-    assert model["name"] == "efficientnet-lite0" and model["labels"] == 1000
+    models = {model["name"]: model for model in httpx.get(f"{server.url}/models").json()["models"]}
+    assert set(models) == {"efficientnet-lite0", "minilm-l6"}  # the default repository: an image and a text model
+    assert models["efficientnet-lite0"]["labels"] == 1000
 
 
 def test_predict_cat_and_coffee(server: LiveServer, chelsea_png: bytes, coffee_jpeg: bytes) -> None:

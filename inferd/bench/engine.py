@@ -128,7 +128,7 @@ def run_engine_benchmark(
                           machine={"cpu": cpu_name(), "cores": cpu_count(), "features": list(cpu_features())})
     default = load(package)
     feeds = {name: np.repeat(value, batch, axis=0) for name, value in
-             example_feeds({s.name: (s.shape, s.dtype) for s in package.manifest.inputs}).items()}
+             example_feeds({s.name: (s.shape, s.dtype) for s in package.manifest.graph_inputs}).items()}
     models: dict[str, tuple[CompiledModel, bool]] = {}
     for backend in ("openvino", "onnxruntime"):
         for precision in precisions:

@@ -18,7 +18,7 @@ from inferd.manifest import Fidelity
 
 def run_onnx_reference(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures surface as exceptions; the log would only repeat them
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return [np.asarray(out) for out in session.run(None, dict(feeds))]
 
@@ -58,3 +58,21 @@ def compare_outputs(
         tolerance=tolerance,
         passed=max_diff <= tolerance and (agreement is None or agreement == 1.0),
     )
+
+
+def combine(parts: Sequence[Fidelity]) -> Fidelity:
+    """One report over several sample sets (of different shapes, so they cannot be compared as one batch).
+
+    Means are weighted by rows, the unit the sets share.
+    """
+    first = parts[0]
+    samples = sum(part.samples for part in parts)
+    agreements = [part.top1_agreement for part in parts if part.top1_agreement is not None]
+    return first.model_copy(update={
+        "samples": samples,
+        "max_abs_diff": max(part.max_abs_diff for part in parts),
+        "mean_abs_diff": sum(part.mean_abs_diff * part.samples for part in parts) / max(samples, 1),
+        "top1_agreement": (sum(a * p.samples for a, p in zip(agreements, parts, strict=True)) / samples
+                           if len(agreements) == len(parts) else None),
+        "passed": all(part.passed for part in parts),
+    })

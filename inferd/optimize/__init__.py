@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from inferd.optimize.errors import AccuracyBudgetError, OptimizeError
 from inferd.optimize.evalset import EvalSet, augmented_photos, build_eval_set
-from inferd.optimize.evaluate import fidelity, latency_ms, predict, render, report
+from inferd.optimize.evaluate import fidelity, predict
 from inferd.optimize.fp16 import to_fp16
 from inferd.optimize.guard import guarded
 from inferd.optimize.int8 import quantize_static, quantize_weights
 from inferd.optimize.palettize import palettize
-from inferd.optimize.pipeline import compress, parse
+from inferd.optimize.pipeline import compress, compress_each, parse
 from inferd.optimize.prune import prune
 
 __all__ = [
@@ -24,16 +24,14 @@ __all__ = [
     "augmented_photos",
     "build_eval_set",
     "compress",
+    "compress_each",
     "fidelity",
     "guarded",
-    "latency_ms",
     "palettize",
     "parse",
     "predict",
     "prune",
     "quantize_static",
     "quantize_weights",
-    "render",
-    "report",
     "to_fp16",
 ]

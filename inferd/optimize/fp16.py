@@ -24,10 +24,10 @@ def to_fp16(
     ensure_not_compressed(package, KIND)
     if package.manifest.precision != "fp32":
         raise OptimizeError(f"fp16 conversion needs an fp32 package; this one is {package.manifest.precision}")
-    try:
-        from onnxconverter_common.float16 import convert_float_to_float16
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise OptimizeError("fp16 conversion needs onnxconverter-common: pip install onnxconverter-common") from exc
+    # onnxruntime's copy of the converter, unlike onnxconverter-common's, retypes the graph's own Cast-to-float
+    # nodes, so transformer graphs (which cast masks) stay valid.
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
     model = package.onnx_model
     converted = convert_float_to_float16(
         model, keep_io_types=True, op_block_list=list(op_block_list), node_block_list=list(exclude) or None,

@@ -2,9 +2,13 @@
 
 Each weight keeps 2**bits distinct values (per tensor, or per group of
 `group_size` rows along the first axis, which are output channels for Conv and
-transposed Gemm). On disk a weight costs `bits` per element plus the tables,
-so 4 bits is close to 8x smaller than float32; the decoding subgraph is
-constant-folded by every backend, so inference runs at float speed.
+transposed Gemm). Every row is first divided by its largest magnitude and the
+table is shared by the normalised rows (coremltools' per-channel scale): with
+batch norm folded into the weights, rows differ in scale by 100x, and one table
+for all of them would round the small rows to zero. On disk a weight costs
+`bits` per element plus the tables and one float per row, so 4 bits is close to
+8x smaller than float32; the decoding subgraph is constant-folded by every
+backend, so inference runs at float speed.
 """
 
 from __future__ import annotations
@@ -53,13 +57,13 @@ def palettize(
     weights = find_weights(model, exclude=exclude)
     errors: dict[str, float] = {}
     for weight in weights:
-        table, indices = _palette(weight.array, bits, group_size)
-        _encode(decoder, weight, table, indices, bits)
-        errors[weight.layer] = snr_db(weight.array, _expand(table, indices, weight.array.shape))
+        table, indices, scales = _palette(weight.array, bits, group_size)
+        _encode(decoder, weight, table, indices, scales, bits)
+        errors[weight.layer] = snr_db(weight.array, _expand(table, indices, scales, weight.array.shape))
     encoded = replace_initializers(model, {w.name for w in weights}, decoder.initializers, decoder.nodes)
     step = CompressionStep(
         kind=KIND,
-        parameters={"bits": bits, "group_size": group_size},
+        parameters={"bits": bits, "group_size": group_size, "per_channel_scale": True},
         details=_details(model, encoded, weights, exclude, errors),
     )
     return derive(package, encoded, step)
@@ -72,14 +76,9 @@ def check_parameters(bits: int, group_size: int | None) -> None:
         raise OptimizeError(f"group_size must be a positive number of channels, not {group_size}")
 
 
-def cluster(array: np.ndarray, bits: int, group_size: int | None) -> np.ndarray:
-    """The weight with each value replaced by its cluster centre (what the decoded graph will hold)."""
-    return _expand(*_palette(array, bits, group_size), array.shape)
-
-
-def _expand(table: np.ndarray, indices: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _expand(table: np.ndarray, indices: np.ndarray, scales: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     flat = np.take_along_axis(table, indices, axis=1).reshape(-1)
-    return flat[: int(np.prod(shape))].reshape(shape)
+    return flat[: int(np.prod(shape))].reshape(shape) * scales
 
 
 def snr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
@@ -88,9 +87,15 @@ def snr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * float(np.log10(max(signal, 1e-30) / noise))
 
 
-def _palette(array: np.ndarray, bits: int, group_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(table (groups, 2**bits), indices (groups, elements per group)); the last group is padded with index 0."""
+def _palette(array: np.ndarray, bits: int, group_size: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(table (groups, 2**bits), indices (groups, elements per group), row scales shaped to broadcast over `array`).
+
+    The last group is padded with index 0.
+    """
     rows = array.shape[0]
+    peaks = np.sqrt(np.mean(np.square(array.reshape(rows, -1), dtype=np.float64), axis=1))
+    scales = np.where(peaks > 0, peaks, 1.0).astype(np.float32).reshape(rows, *[1] * (array.ndim - 1))
+    array = array / scales
     size = min(group_size or rows, rows)
     groups = -(-rows // size)
     per_group = size * (array.size // rows)
@@ -101,7 +106,7 @@ def _palette(array: np.ndarray, bits: int, group_size: int | None) -> tuple[np.n
         real = min(per_group, array.size - g * per_group)
         values = flat[g * per_group : g * per_group + real]
         table[g], indices[g, :real] = _kmeans(values, 2**bits)
-    return table, indices
+    return table, indices, scales
 
 
 def _kmeans(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,14 +139,16 @@ def _nearest(values: np.ndarray, sorted_centres: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, values).astype(np.int64)
 
 
-def _encode(decoder: Decoder, weight: Weight, table: np.ndarray, indices: np.ndarray, bits: int) -> None:
+def _encode(decoder: Decoder, weight: Weight, table: np.ndarray, indices: np.ndarray, scales: np.ndarray, bits: int) -> None:
     base = f"{weight.name}/palette"
     unpacked = decoder.unpack(base, pack_bits(indices, bits), bits, indices.size)
     grid = decoder.reshape(unpacked, indices.shape, f"{base}/indices")
     lut = decoder.tensor(f"{base}/lut", table)
     gathered = decoder.node("GatherElements", [lut, grid], f"{base}/values", axis=1)
     flat = decoder.reshape(gathered, (-1,), f"{base}/flat_values")
-    decoder.reshape(decoder.slice(flat, weight.array.size, f"{base}/trimmed"), weight.array.shape, weight.name)
+    normalised = decoder.reshape(decoder.slice(flat, weight.array.size, f"{base}/trimmed"), weight.array.shape,
+                                 f"{base}/normalised")
+    decoder.node("Mul", [normalised, decoder.tensor(f"{base}/scales", scales)], weight.name)
 
 
 def _details(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 from inferd.optimize.errors import OptimizeError
@@ -80,6 +80,22 @@ def compress(
     eval_samples: int = 200,
 ) -> ModelPackage:
     """Apply the steps of `spec` in order; with `max_drop`, each step is guarded on the evaluation set."""
+    *_, (_, result) = compress_each(package, spec, calibration=calibration, method=method, max_drop=max_drop,
+                                    eval_data=eval_data, eval_samples=eval_samples)
+    return result
+
+
+def compress_each(
+    package: ModelPackage,
+    spec: str,
+    *,
+    calibration: str | os.PathLike[str] | None = None,
+    method: Method = "minmax",
+    max_drop: float | None = None,
+    eval_data: str | os.PathLike[str] | EvalSet | None = None,
+    eval_samples: int = 200,
+) -> Iterator[tuple[Step, ModelPackage]]:
+    """`compress`, yielding the package after every step: the report covers each step, the CLI shows progress."""
     steps = parse(spec)
     eval_set: EvalSet | None = None
     if max_drop is not None:
@@ -90,7 +106,7 @@ def compress(
     for step in steps:
         apply = _compression(step, calibration, method)
         package = apply(package, ()) if eval_set is None else guarded(package, apply, eval_set, max_drop or 0.0)
-    return package
+        yield step, package
 
 
 def _compression(

@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from inferd.convert import ConvertOptions
 from inferd.errors import BackendUnavailable
 from inferd.package import ModelPackage
 from inferd.runtime import cache
@@ -18,6 +19,7 @@ from inferd.runtime.backends import Engine, EngineOptions, available_backends, b
 from inferd.runtime.compiled import CompiledModel, LoadInfo, OverflowPolicy
 from inferd.runtime.devices import Device, cpu_count, devices
 from inferd.runtime.selection import Candidate, eligible, example_feeds, fastest
+from inferd.runtime.sources import resolve_source
 from inferd.types import ComputeUnit, Precision
 
 __all__ = ["CompiledModel", "Device", "LoadInfo", "devices", "load"]
@@ -35,10 +37,20 @@ def load(
     max_in_flight: int = 64,
     overflow: OverflowPolicy = "wait",
     cache_dir: str | os.PathLike[str] | None = None,
+    convert_options: ConvertOptions | None = None,
 ) -> CompiledModel:
-    """Load a model package compiled for this machine; see CompiledModel.load_info for what happened."""
+    """Load a model package, or a model file converted on first use, compiled for this machine.
+
+    `convert_options` describe a model file (image preprocessing, labels, input
+    shape) for its conversion; the converted package is cached, so only the first
+    load converts. See CompiledModel.load_info for what happened.
+    """
     started = time.perf_counter()
-    package = model if isinstance(model, ModelPackage) else ModelPackage.load(model)
+    if isinstance(model, ModelPackage):
+        package, conversion_cached = model, None
+    else:
+        resolved = resolve_source(model, options=convert_options, cache_dir=cache_dir)
+        package, conversion_cached = resolved.package, resolved.conversion_cached
     if package.path is None:
         raise BackendUnavailable("save the package first (package.save(path)): backends compile from files")
     compute_units = ComputeUnit(compute_units)
@@ -54,7 +66,7 @@ def load(
             f"no backend here runs {compute_units.value} at precision {precision.value}; "
             f"devices: {[d.label for d in devices()]}"
         )
-    feeds = example_feeds({spec.name: (spec.shape, spec.dtype) for spec in package.manifest.inputs})
+    feeds = example_feeds({spec.name: (spec.shape, spec.dtype) for spec in package.manifest.graph_inputs})
     request = {"compute_units": compute_units.value, "precision": precision.value, "backend": backend,
                "threads": options.threads, "streams": streams, "spin": options.spin}
     choice_file = cache.choice_path(root, package.content_hash, request)
@@ -67,7 +79,7 @@ def load(
         winner = winner or candidates[0]
         engine, cached = _compile(package, winner, precision, root, options)
     else:
-        compiled = {c.label: _compile(package, c, precision, root, options) for c in candidates}
+        compiled = _compile_each(package, candidates, precision, root, options)
         label, selection_ms = fastest({k: engine for k, (engine, _) in compiled.items()}, feeds)
         winner = next(c for c in candidates if c.label == label)
         engine, cached = compiled[label]
@@ -77,8 +89,26 @@ def load(
     info = LoadInfo(
         backend=winner.backend.name, device=winner.device.id, precision=engine.precision, cached=cached,
         seconds=time.perf_counter() - started, compile_seconds=compile_seconds, selection_ms=selection_ms,
+        conversion_cached=conversion_cached,
     )
     return CompiledModel(package, engine, info, max_in_flight=max_in_flight, overflow=overflow)
+
+
+def _compile_each(
+    package: ModelPackage, candidates: list[Candidate], precision: Precision, root: Path, options: EngineOptions
+) -> dict[str, tuple[Engine, bool]]:
+    """Compile every candidate; one whose backend cannot take the model (OpenVINO has no scikit-learn operators,
+    say) drops out of the contest instead of failing the load, as long as another one compiles."""
+    compiled: dict[str, tuple[Engine, bool]] = {}
+    failures: list[BackendUnavailable] = []
+    for candidate in candidates:
+        try:
+            compiled[candidate.label] = _compile(package, candidate, precision, root, options)
+        except BackendUnavailable as exc:
+            failures.append(exc)
+    if not compiled:
+        raise failures[0]
+    return compiled
 
 
 def _compile(

@@ -33,6 +33,11 @@ def artifact_dir(root: Path, package_hash: str, backend: str, backend_version: s
     return root / "compiled" / key
 
 
+def converted_dir(root: Path, source_digest: str, options: str) -> Path:
+    """Where a model file converted with these options is kept as a package, so it is converted once."""
+    return root / "converted" / _digest(source_digest, options, __version__)
+
+
 def choice_path(root: Path, package_hash: str, request: dict[str, Any]) -> Path:
     """Which backend won the measurement for this package and these load options, on this machine."""
     return root / "choices" / f"{_digest(package_hash, sorted(request.items()), __version__)}.json"

@@ -20,7 +20,7 @@ from inferd.errors import InvalidInput, Overloaded
 from inferd.manifest import Manifest
 from inferd.package import ModelPackage
 from inferd.runtime.backends import Engine
-from inferd.types import InputType
+from inferd.types import ImageType, TensorType, TextType
 
 OverflowPolicy = Literal["wait", "reject"]
 
@@ -36,12 +36,15 @@ class LoadInfo:
     seconds: float
     compile_seconds: float
     selection_ms: dict[str, float] = field(default_factory=dict)
+    conversion_cached: bool | None = None
+    """For a model file converted on the fly: True when its package came from the conversion cache."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "backend": self.backend, "device": self.device, "precision": self.precision, "cached": self.cached,
             "seconds": round(self.seconds, 4), "compile_seconds": round(self.compile_seconds, 4),
             "selection_ms": {k: round(v, 3) for k, v in self.selection_ms.items()},
+            "conversion_cached": self.conversion_cached,
         }
 
 
@@ -63,7 +66,7 @@ class CompiledModel:
         self.load_info = load_info
         self.max_in_flight = max_in_flight
         self.overflow = overflow
-        self._specs = {spec.name: spec for spec in self.manifest.inputs}
+        self._specs = {spec.name: spec for spec in self.manifest.graph_inputs}
         self._executor = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix=f"inferd-{self.manifest.name}")
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -86,15 +89,24 @@ class CompiledModel:
     # -- prediction --------------------------------------------------------------------------
 
     def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """One inference on one example or one pre-batched set of arrays."""
+        """One inference on one example or one pre-batched set of arrays.
+
+        A text model takes its token tensors (see `inferd.io.tokenize`), like a
+        Core ML model; `inferd.io.embed(model, texts)` does both steps.
+        """
         return self.engine.infer(self.check_inputs(inputs))
 
     def predict_batch(self, examples: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray]]:
-        """Many examples; stacked into one batch when the model has a dynamic batch dimension."""
+        """Many examples; stacked into one batch when the model has a dynamic batch dimension.
+
+        Examples whose other dimensions differ (token sequences of different
+        lengths) cannot be stacked, so they run one by one.
+        """
         if not examples:
             return []
         checked = [self.check_inputs(example) for example in examples]
-        if not self.manifest.batch_dynamic or len(checked) == 1:
+        shapes = {tuple(value.shape[1:] for value in feeds.values()) for feeds in checked}
+        if not self.manifest.batch_dynamic or len(checked) == 1 or len(shapes) > 1:
             return [self.engine.infer(feeds) for feeds in checked]
         sizes = [next(iter(feeds.values())).shape[0] for feeds in checked]
         stacked = {name: np.concatenate([feeds[name] for feeds in checked]) for name in self._specs}
@@ -145,8 +157,11 @@ class CompiledModel:
         missing = [name for name in self._specs if name not in inputs]
         unknown = [name for name in inputs if name not in self._specs]
         if missing or unknown:
+            texts = [spec.name for spec in self.manifest.inputs if isinstance(spec, TextType) and spec.name in unknown]
+            hint = (f"; {texts[0]!r} is text: tokenize it with inferd.io.tokenize(model, texts), "
+                    "or get embeddings with inferd.io.embed(model, texts)") if texts else ""
             raise InvalidInput(
-                f"model {self.name!r} takes inputs {list(self._specs)}; missing {missing}, unknown {unknown}"
+                f"model {self.name!r} takes inputs {list(self._specs)}; missing {missing}, unknown {unknown}{hint}"
             )
         feeds = {name: _conform(np.asarray(inputs[name]), spec) for name, spec in self._specs.items()}
         if len(feeds) > 1:
@@ -156,7 +171,7 @@ class CompiledModel:
         return feeds
 
 
-def _conform(value: np.ndarray, spec: InputType) -> np.ndarray:
+def _conform(value: np.ndarray, spec: ImageType | TensorType) -> np.ndarray:
     expected = spec.shape
     if value.ndim == len(expected) - 1:
         value = value[np.newaxis]  # a single example without its batch axis

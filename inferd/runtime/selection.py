@@ -18,6 +18,9 @@ from inferd.runtime.backends import Backend, Engine
 from inferd.runtime.devices import Device
 from inferd.types import ComputeUnit, Precision
 
+DYNAMIC_EXTENT = 16
+"""Size of dynamic axes other than the batch in warm-up and selection inputs: a short sentence's tokens."""
+
 _ALLOWED_KINDS = {
     ComputeUnit.ALL: {"cpu", "gpu", "npu"},
     ComputeUnit.CPU_ONLY: {"cpu"},
@@ -76,13 +79,19 @@ def fastest(
 
 
 def example_feeds(engine_inputs: Mapping[str, tuple[tuple[int, ...], str]]) -> dict[str, np.ndarray]:
-    """Batch-1 inputs for timing and warm-up: zeros would let some kernels shortcut, so use random values."""
+    """Batch-1 inputs for timing and warm-up.
+
+    Zeros would let some kernels shortcut, so floats are random. Integers are
+    ones: a valid token id, an attention mask that attends everywhere, a valid
+    class index; zeros would mask every token, a case no real request times.
+    Other dynamic axes (a sequence) get a short but realistic extent.
+    """
     rng = np.random.default_rng(0)
     feeds = {}
     for name, (shape, dtype) in engine_inputs.items():
-        concrete = tuple(1 if d == -1 else d for d in shape)
+        concrete = tuple((1 if axis == 0 else DYNAMIC_EXTENT) if d == -1 else d for axis, d in enumerate(shape))
         if np.dtype(dtype).kind == "f":
             feeds[name] = rng.standard_normal(concrete).astype(dtype)
         else:
-            feeds[name] = np.zeros(concrete, dtype=dtype)
+            feeds[name] = np.ones(concrete, dtype=dtype)
     return feeds

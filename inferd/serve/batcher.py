@@ -17,6 +17,11 @@ queued while every execution slot was busy leaves together.
 Everything but the engine call happens on one event loop, so the queue needs no
 locks; the engine call (with the concatenation and splitting around it) runs on
 a small thread pool because the backends release the GIL.
+
+What a request carries and how requests merge is the model's `BatchInputs`:
+tensors by default (merged when their non-batch shapes match, by concatenation);
+a text model's requests carry strings instead, tokenized per merged batch (see
+`inferd.serve.text`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -88,6 +93,38 @@ class BatchObserver(Protocol):
     def on_dequeued(self, queue_s: float) -> None: ...
 
 
+class BatchInputs(Protocol):
+    """How one model's requests become engine runs: checked on arrival, grouped, then merged and run together."""
+
+    def check(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The request's inputs, validated (raising InvalidInput) before it may queue; the leading axis counts rows."""
+        ...
+
+    def signature(self, feeds: Mapping[str, np.ndarray]) -> Signature:
+        """Requests with equal signatures may share a batch."""
+        ...
+
+    def run(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]:
+        """On a worker thread: merge, infer, and split the outputs back per request; also the engine's seconds."""
+        ...
+
+
+class TensorInputs:
+    """Tensors, merged by concatenation along the batch axis when their other dimensions match."""
+
+    def __init__(self, model: CompiledModel) -> None:
+        self.model = model
+
+    def check(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return self.model.check_inputs(feeds)
+
+    def signature(self, feeds: Mapping[str, np.ndarray]) -> Signature:
+        return _signature(feeds)
+
+    def run(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]:
+        return _execute(self.model, requests)
+
+
 @dataclass(eq=False)
 class _Request:
     """One submitted request; compared by identity so it can key the queue dict."""
@@ -110,10 +147,14 @@ class DynamicBatcher:
     so a batcher can be built before any loop runs.
     """
 
-    def __init__(self, model: CompiledModel, config: BatchingConfig, observer: BatchObserver | None = None) -> None:
+    def __init__(
+        self, model: CompiledModel, config: BatchingConfig, observer: BatchObserver | None = None,
+        inputs: BatchInputs | None = None,
+    ) -> None:
         self.model = model
         self.config = config
         self.observer = observer
+        self.inputs = inputs or TensorInputs(model)
         self._mergeable = model.manifest.batch_dynamic and config.max_batch_size > 1
         self._delay_s = config.max_queue_delay_ms / 1000
         self._preferred = frozenset(config.preferred_batch_sizes)
@@ -154,13 +195,13 @@ class DynamicBatcher:
         only, because once a batch runs its result is on the way and abandoning it
         would save nothing.
         """
-        checked = self.model.check_inputs(feeds)
+        checked = self.inputs.check(feeds)
         self.admit()
         now = time.monotonic()
         if deadline is None and self.config.default_timeout_s is not None:
             deadline = now + self.config.default_timeout_s
         request = _Request(
-            feeds=checked, rows=_rows(checked), signature=_signature(checked), enqueued=now, deadline=deadline,
+            feeds=checked, rows=_rows(checked), signature=self.inputs.signature(checked), enqueued=now, deadline=deadline,
             future=self._ensure_started().create_future(),
         )
         if request.expired(now):
@@ -319,7 +360,7 @@ class DynamicBatcher:
         rows = sum(request.rows for request in batch)
         self._rows_in_flight += rows
         assert self._loop is not None
-        running = self._loop.run_in_executor(self._executor, _execute, self.model, [r.feeds for r in batch])
+        running = self._loop.run_in_executor(self._executor, self.inputs.run, [r.feeds for r in batch])
         self._running.add(running)
         running.add_done_callback(partial(self._finish, batch, rows))
 

@@ -15,22 +15,30 @@ import numpy as np
 from inferd.errors import InvalidImage, InvalidInput
 from inferd.io import Prediction, image_input, preprocess_image, top_k
 from inferd.runtime import CompiledModel
+from inferd.types import ImageType, TextType
 
 if TYPE_CHECKING:
     from inferd.serve.repository import ModelEntry
 
 
+def image_spec(model: CompiledModel) -> ImageType:
+    """The model's image input, or an error that sends the caller to the route the model does serve."""
+    manifest = model.manifest
+    hint = (f"it takes text: POST /embed/{manifest.name}" if any(isinstance(s, TextType) for s in manifest.inputs)
+            else None)
+    return image_input(manifest, hint=hint)
+
+
 def decode_batch(model: CompiledModel, images: Sequence[bytes], max_pixels: int) -> np.ndarray:
-    spec = image_input(model.manifest)
+    spec = image_spec(model)
     tensors = []
     for index, data in enumerate(images):
         try:
             tensors.append(preprocess_image(data, spec, max_pixels=max_pixels))
         except InvalidImage as exc:
-            if len(images) > 1:
-                exc.message = f"image {index}: {exc.message}"
-                exc.args = (exc.message,)
-            raise
+            if len(images) == 1:
+                raise
+            raise type(exc)(f"image {index}: {exc.message}") from None
     return np.stack(tensors)
 
 
@@ -40,10 +48,10 @@ async def classify(
 ) -> list[list[Prediction]]:
     """Top-k labels for each image: decode on a worker thread, infer through the model's dynamic batcher."""
     model = entry.model
+    spec = image_spec(model)
     classifier = model.manifest.classifier
     if classifier is None:
         raise InvalidInput(f"model {model.name!r} is not a classifier; use /v2/models/{model.name}/infer")
     batch = await anyio.to_thread.run_sync(decode_batch, model, images, max_pixels)
-    spec = image_input(model.manifest)
     outputs = await entry.infer({spec.name: batch}, timeout_s=timeout_s, disconnected=disconnected)
     return top_k(outputs[classifier.output], classifier.labels, k, activation=classifier.activation)

@@ -35,7 +35,7 @@ UNAUTHORIZED = "missing or wrong API key: send 'Authorization: Bearer <key>' or 
 
 # Client ids end up in logs and headers: anything else could forge log lines, so it is replaced.
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-_MODEL_PATH = re.compile(r"/(?:predict|v2/models)/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?")
+_MODEL_PATH = re.compile(r"/(?:predict|embed|v2/models)/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?")
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

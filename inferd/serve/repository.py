@@ -26,10 +26,11 @@ import numpy as np
 from inferd.errors import InferdError, InvalidModelName, ModelNotFound, NotReady
 from inferd.package import MANIFEST_FILE
 from inferd.runtime import CompiledModel, load
-from inferd.serve.batcher import BatchingConfig, DynamicBatcher
+from inferd.serve.batcher import BatchingConfig, BatchInputs, DynamicBatcher
 from inferd.serve.metrics import resident_memory_bytes
 from inferd.serve.serving_config import ServingConfig, load_serving_config
 from inferd.serve.stats import ModelStats
+from inferd.serve.text import TextInputs, takes_text
 
 log = logging.getLogger("inferd.repository")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -233,10 +234,7 @@ class ModelRepository:
         config = load_serving_config(self.defaults, path.parent if path.parent != self.root else path, path)
         before = resident_memory_bytes()
         started = time.perf_counter()
-        model = await anyio.to_thread.run_sync(
-            lambda: load(path, compute_units=config.compute_units, precision=config.precision,
-                         streams=config.instances, spin=False, max_in_flight=self.max_in_flight)
-        )
+        model, inputs = await anyio.to_thread.run_sync(self._load_model, path, config)
         load_seconds = time.perf_counter() - started
         memory = max(resident_memory_bytes() - before, model.package.size_bytes())
         stats = ModelStats()
@@ -248,8 +246,14 @@ class ModelRepository:
         )
         log.info("loaded %s/%s on %s in %.2fs", name, version, model, load_seconds)
         return ModelEntry(name=name, version=version, path=path, config=config, model=model,
-                          batcher=DynamicBatcher(model, batching, observer), stats=stats,
+                          batcher=DynamicBatcher(model, batching, observer, inputs), stats=stats,
                           load_seconds=load_seconds, memory_bytes=memory)
+
+    def _load_model(self, path: Path, config: ServingConfig) -> tuple[CompiledModel, BatchInputs | None]:
+        """On a worker thread: compile the model and, for a text model, read its tokenizer."""
+        model = load(path, compute_units=config.compute_units, precision=config.precision,
+                     streams=config.instances, spin=False, max_in_flight=self.max_in_flight)
+        return model, TextInputs(model, chunk_rows=config.max_batch_size) if takes_text(model) else None
 
     async def unload(self, name: str) -> None:
         check_name(name)

@@ -1,24 +1,32 @@
-"""The simple REST face: multipart image uploads in, top-k labels out.
+"""The simple REST face: multipart image uploads in, top-k labels out; JSON texts in, embeddings out.
 
-For people with curl and a photo. Everything a tensor client needs lives in the
-V2 face; both share the repository and the image path in `images.py`.
+For people with curl and a photo or a sentence. Everything a tensor client needs
+lives in the V2 face; both share the repository and the paths in `images.py` and `text.py`.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BaseModel
 
 from inferd.errors import InvalidInput, ModelNotFound
-from inferd.io import Prediction
+from inferd.io import Prediction, texts_from
+from inferd.runtime import CompiledModel
+from inferd.serve import text
 from inferd.serve.images import classify
 from inferd.serve.repository import ModelRepository
 from inferd.serve.settings import ServerSettings
+from inferd.types import ImageType
 
 router = APIRouter(tags=["simple REST"])
+
+MAX_ITEMS_PER_REQUEST = 256
+"""Images or texts in one request: larger batches gain nothing over several requests and hold the queue up."""
 
 
 class Label(BaseModel):
@@ -46,6 +54,14 @@ class BatchResponse(BaseModel):
     latency_ms: float
 
 
+class EmbedResponse(BaseModel):
+    model: str
+    version: str
+    embeddings: list[list[float]]
+    dim: int
+    latency_ms: float
+
+
 class ModelSummary(BaseModel):
     name: str
     versions: list[str]
@@ -68,13 +84,20 @@ def _labels(predictions: list[Prediction]) -> list[Label]:
     return [Label(label=p.label, index=p.index, probability=p.probability) for p in predictions]
 
 
-def _default_model_name(request: Request) -> str:
+def _takes_image(model: CompiledModel) -> bool:
+    return any(isinstance(spec, ImageType) for spec in model.manifest.inputs)
+
+
+def _default_model_name(request: Request, serves: Callable[[CompiledModel], bool], what: str) -> str:
+    """`--default-model` where it takes `what` the route receives (or is not loaded, to say so), else the first such."""
     settings, repository = _settings(request), _repository(request)
-    if settings.default_model:
-        return settings.default_model
-    names = repository.names()
+    default = settings.default_model
+    if default and (default not in repository.names() or serves(repository.get(default).model)):
+        return default
+    names = [name for name in repository.names() if serves(repository.get(name).model)]
     if not names:
-        raise ModelNotFound(f"the repository {settings.repository} holds no models; run `inferd prepare` first")
+        raise ModelNotFound(f"the repository {settings.repository} holds no model that takes {what} "
+                            f"(models: {repository.names()}); run `inferd prepare` first")
     return names[0]
 
 
@@ -125,7 +148,7 @@ async def predict_default(
     request: Request, image: Annotated[UploadFile, File()], top_k: TopK = 5, timeout_ms: TimeoutMs = None
 ) -> PredictResponse:
     """Classify one image with the default model."""
-    return await _predict_one(request, _default_model_name(request), image, top_k, timeout_ms)
+    return await _predict_one(request, _default_model_name(request, _takes_image, "images"), image, top_k, timeout_ms)
 
 
 @router.post("/predict/{model}", response_model=PredictResponse)
@@ -145,8 +168,8 @@ async def predict_batch(
     started = time.perf_counter()
     entry = _repository(request).get(model)
     settings = _settings(request)
-    if len(images) > 256:
-        raise InvalidInput(f"{len(images)} images in one batch; send at most 256 per request")
+    if len(images) > MAX_ITEMS_PER_REQUEST:
+        raise InvalidInput(f"{len(images)} images in one batch; send at most {MAX_ITEMS_PER_REQUEST} per request")
     payloads = [await upload.read() for upload in images]
     ranked = await classify(entry, payloads, k=top_k, max_pixels=settings.max_image_pixels,
                             timeout_s=timeout_ms / 1000 if timeout_ms else None, disconnected=request.is_disconnected)
@@ -155,3 +178,62 @@ async def predict_batch(
         results=[BatchItem(filename=upload.filename, predictions=_labels(p)) for upload, p in zip(images, ranked, strict=True)],
         latency_ms=(time.perf_counter() - started) * 1000,
     )
+
+
+TEXTS_EXAMPLE = {"inputs": ["a cat", "a kitten", "stock market"]}
+
+
+def _texts(body: bytes) -> list[str]:
+    """The texts of an /embed body: a JSON list of strings, or {"inputs": [...]} as in Hugging Face's APIs."""
+    usage = 'send a JSON list of strings like ["a cat", "a dog"], or {"inputs": ["a cat", "a dog"]}'
+    try:
+        payload: Any = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the body is not JSON ({exc}); {usage}") from None
+    except RecursionError:
+        raise InvalidInput(f"the body nests too deeply to parse; {usage}") from None
+    if isinstance(payload, dict):
+        unknown = sorted(set(payload) - {"inputs"})
+        if unknown or "inputs" not in payload:
+            raise InvalidInput(f"the JSON object must have exactly the key 'inputs', got {sorted(payload)}; {usage}")
+        payload = payload["inputs"]
+    if not isinstance(payload, list):
+        raise InvalidInput(f"expected a list of texts, got {type(payload).__name__}; {usage}")
+    if len(payload) > MAX_ITEMS_PER_REQUEST:
+        raise InvalidInput(f"{len(payload)} texts in one request; send at most {MAX_ITEMS_PER_REQUEST} per request")
+    return texts_from(payload)
+
+
+async def _embed(request: Request, name: str, timeout_ms: float | None) -> EmbedResponse:
+    started = time.perf_counter()
+    entry = _repository(request).get(name)
+    request.state.model, request.state.model_version = entry.name, entry.version  # labels for metrics and logs
+    text.text_spec(entry.model)  # a wrong model is named before the body is read
+    entry.batcher.admit()
+    texts = _texts(await request.body())
+    embeddings = await text.embed(entry, texts, timeout_s=timeout_ms / 1000 if timeout_ms else None,
+                                  disconnected=request.is_disconnected)
+    return EmbedResponse(model=entry.name, version=entry.version, embeddings=embeddings.tolist(),
+                         dim=int(embeddings.shape[1]), latency_ms=(time.perf_counter() - started) * 1000)
+
+
+# The body is read in the handler, after the admission check, so any mistake gets inferd's own message;
+# this only documents it for /docs.
+_TEXTS_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"anyOf": [{"type": "array", "items": {"type": "string"}},
+                         {"type": "object", "properties": {"inputs": {"type": "array", "items": {"type": "string"}}},
+                          "required": ["inputs"]}]},
+    "example": TEXTS_EXAMPLE,
+}}}}
+
+
+@router.post("/embed", response_model=EmbedResponse, openapi_extra=_TEXTS_BODY)
+async def embed_default(request: Request, timeout_ms: TimeoutMs = None) -> EmbedResponse:
+    """Embed texts with the default text model: one unit vector per text."""
+    return await _embed(request, _default_model_name(request, text.takes_text, "text"), timeout_ms)
+
+
+@router.post("/embed/{model}", response_model=EmbedResponse, openapi_extra=_TEXTS_BODY)
+async def embed(request: Request, model: str, timeout_ms: TimeoutMs = None) -> EmbedResponse:
+    """Embed texts with the named model: one unit vector per text."""
+    return await _embed(request, model, timeout_ms)

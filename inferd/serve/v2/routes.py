@@ -2,8 +2,10 @@
 
 Only HTTP plumbing lives here: the wire format is in `codec.py`, the models and
 their batching in the repository. Requests with a JSON body, the binary tensor
-extension, and encoded images as BYTES for image models all end in the same
-`ModelEntry.infer` the simple REST face uses.
+extension, encoded images as BYTES for image models and UTF-8 strings as BYTES
+for text models all end in the same `ModelEntry.infer` the simple REST face uses.
+A text model shows its text input (BYTES, one string per batch row), not the
+token tensors it is tokenized into.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from inferd.serve.images import decode_batch
 from inferd.serve.repository import ModelEntry, ModelRepository
 from inferd.serve.v2.codec import (
     INFERENCE_HEADER,
+    InferInput,
     InferRequest,
     InferResponse,
     binary_outputs_for,
@@ -28,7 +31,7 @@ from inferd.serve.v2.codec import (
     decode_request,
     encode_response,
 )
-from inferd.types import ImageType
+from inferd.types import ImageType, TextType
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
@@ -121,6 +124,8 @@ async def model_config(request: Request, model: str, version: str | None = None)
         described: dict[str, Any] = {"name": spec.name, "data_type": _triton_type(spec.dtype), "dims": dims}
         if isinstance(spec, ImageType):
             described["format"] = f"FORMAT_{spec.channel_layout}"
+        if not dims:  # one string per batch row: Triton spells a per-row scalar as dims [1] reshaped to []
+            described.update(dims=[1], reshape={"shape": []})
         return described
 
     config: dict[str, Any] = {
@@ -203,6 +208,9 @@ async def _feeds(entry: ModelEntry, decoded: InferRequest, max_pixels: int) -> d
     feeds = {}
     for item in decoded.inputs:
         spec = specs[item.name]
+        if isinstance(spec, TextType):
+            feeds[item.name] = _texts(item)
+            continue
         if item.datatype == "BYTES" and isinstance(spec, ImageType):
             images = [bytes(x) for x in item.data.reshape(-1)]
             if not images:
@@ -215,6 +223,18 @@ async def _feeds(entry: ModelEntry, decoded: InferRequest, max_pixels: int) -> d
             raise InvalidInput(f"input {item.name!r} must be {expected}{hint}; got {item.datatype}")
         feeds[item.name] = item.data
     return feeds
+
+
+def _texts(item: InferInput) -> np.ndarray:
+    """A text input's strings, one per batch row: shape [N], or [N, 1] as Triton clients send per-row strings."""
+    if item.datatype != "BYTES":
+        raise InvalidInput(f"input {item.name!r} is text: send it as BYTES holding UTF-8 strings, not {item.datatype}")
+    if len(item.shape) not in (1, 2) or (len(item.shape) == 2 and item.shape[1] != 1):
+        raise InvalidInput(f"input {item.name!r} takes one string per batch row: shape [N] or [N, 1], "
+                           f"got {list(item.shape)}")
+    if item.data.size == 0:
+        raise InvalidInput(f"input {item.name!r} holds no texts; send at least one")
+    return item.data.reshape(-1)
 
 
 def _requested_outputs(

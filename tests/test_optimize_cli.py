@@ -1,0 +1,43 @@
+"""`inferd optimize` on the default model, run as a user runs it: the package it writes, its report, its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from inferd.package import ModelPackage
+from tests.test_cli import inferd
+
+
+def test_palettized_package_and_its_report(default_package: Path, tmp_path: Path) -> None:
+    output, report = tmp_path / "pal4", tmp_path / "report.json"
+    result = inferd("optimize", str(default_package), "-o", str(output), "--pipeline", "palettize:4:16",
+                    "--report", "--report-json", str(report), "--eval-samples", "16", "-b", "onnxruntime")
+    assert result.returncode == 0, result.stderr
+    small, original = ModelPackage.load(output), ModelPackage.load(default_package)
+    assert small.manifest.compression[-1].kind == "palettize"
+    assert small.size_bytes() <= 0.2 * original.size_bytes()
+    rows = json.loads(report.read_text())["rows"]
+    assert [row["compression"] for row in rows] == ["none", "palettize"]
+    assert rows[0]["top1_agreement"] == 1.0 and rows[1]["size_ratio"] >= 5
+    assert {"top5_overlap", "cosine", "snr_db"} <= rows[1].keys() and rows[1]["latency_ms"]["onnxruntime"] > 0
+    assert "compression vs uncompressed (16 samples)" in result.stdout
+
+
+def test_existing_output_is_not_overwritten(default_package: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    result = inferd("optimize", str(default_package), "-o", str(tmp_path / "taken"), "--pipeline", "fp16")
+    assert result.returncode == 2 and "--force" in result.stderr
+
+
+def test_bad_pipelines_say_what_to_fix(default_package: Path, tmp_path: Path) -> None:
+    for pipeline, words in (("palettize:3", "2, 4, 6, 8 bits"), ("prune:1.5", "sparsity"), ("gzip", "unknown compression")):
+        result = inferd("optimize", str(default_package), "-o", str(tmp_path / "out"), "--pipeline", pipeline)
+        assert result.returncode == 2 and words in result.stderr, (pipeline, result.stderr)
+        assert not (tmp_path / "out").exists()
+
+
+def test_missing_calibration_folder(default_package: Path, tmp_path: Path) -> None:
+    result = inferd("optimize", str(default_package), "-o", str(tmp_path / "out"), "--pipeline", "int8",
+                    "--calibration", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
