@@ -270,6 +270,11 @@ def test_bad_options(small: inferd.ModelPackage, tmp_path: Path, options: dict[s
         to_coreml(small, tmp_path / "x.mlpackage", **options)
 
 
+def test_text_package_is_refused(default_repository: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="'text' is a text input, tokenized by inferd outside the graph"):
+        to_coreml(default_repository / "minilm-l6", tmp_path / "x.mlpackage")
+
+
 def test_bad_paths(small: inferd.ModelPackage, tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="not a model package directory"):
         to_coreml(tmp_path / "missing", tmp_path / "x.mlpackage")

@@ -33,6 +33,7 @@ from inferd.errors import InferdError
 from inferd.export import coreml_compress
 from inferd.export.errors import ExportError, UnsupportedOperation
 from inferd.export.torch_source import Network, Source, as_tuple, check_equivalent, example_inputs, rebuild
+from inferd.manifest import Manifest
 from inferd.package import ModelPackage
 from inferd.types import ImageType, TensorType
 
@@ -105,6 +106,7 @@ def to_coreml(
     coreml_compress.check_target(steps, minimum_deployment_target, deployment >= ct.target.iOS18)
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
     manifest = pkg.manifest
+    _check_inputs(manifest)
     as_classifier = classifier and manifest.classifier is not None
     if as_classifier and len(manifest.outputs) > 1:
         raise ExportError(f"{manifest.name} has {len(manifest.outputs)} outputs and a Core ML classifier has one; "
@@ -163,6 +165,21 @@ def to_coreml(
         max_abs_diff_vs_package=max_diff, weights_bytes_uncompressed=before, weights_bytes=weights_bytes(target),
         total_bytes=_tree_bytes(target), compression=tuple(map(str, steps)), notes=_notes(warned),
     )
+
+
+def _check_inputs(manifest: Manifest) -> None:
+    """Refuse what this export cannot carry rather than write a model that takes other inputs than the package."""
+    for spec in manifest.inputs:
+        if spec.kind == "text":
+            raise ExportError(
+                f"{manifest.name}: {spec.name!r} is a text input, tokenized by inferd outside the graph; the Core ML "
+                "export takes image and tensor inputs only (an app would need the tokenizer too)"
+            )
+        if any(d == -1 for d in spec.shape[1:]):
+            raise ExportError(
+                f"{manifest.name}: input {spec.name!r} has open sizes {list(spec.shape)} and the Core ML export fixes "
+                "every size but the batch; convert the model with fixed sizes (--input-shape) and export that"
+            )
 
 
 def weights_bytes(mlpackage: str | os.PathLike[str]) -> int:
