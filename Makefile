@@ -21,6 +21,8 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# Core ML export of ONNX-only packages; --no-deps because its torchvision requirement breaks beside CPU torch.
+	$(BIN)/pip install --quiet --no-deps onnx2torch==1.5.15
 	touch $(STAMP)
 
 # The default models: an image classifier and a text embedder, both built by one `inferd prepare`.

@@ -449,6 +449,57 @@ def serve(
                 timeout_graceful_shutdown=30)
 
 
+export_app = typer.Typer(help="Export a package for other platforms: Core ML for Apple devices.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("coreml")
+def export_coreml(
+    package: PackageArg,
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="the .mlpackage to write (default: NAME.mlpackage here)")] = None,
+    precision: Annotated[str, typer.Option("--precision", "-p", help="compute precision: fp16 (Neural Engine) or fp32")] = "fp16",
+    target: Annotated[str, typer.Option("--target", "-t", help="minimum deployment target: macOS13, macOS14, macOS15, "
+                                         "iOS16, iOS17, iOS18, …")] = "macOS13",
+    compress: Annotated[str | None, typer.Option(help="palettize:4, palettize:4:16 (grouped), quantize:8, prune:0.5, "
+                                                 "prune:0.5,palettize:4 (joint, macOS15/iOS18)")] = None,
+    source: Annotated[str, typer.Option(help="where the PyTorch network comes from: auto, factory or onnx")] = "auto",
+    classifier: Annotated[bool, typer.Option("--classifier/--no-classifier",
+                                             help="attach the labels as a Core ML classifier")] = True,
+    force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
+) -> None:
+    """Export a package (or a model file) as a Core ML ML program (.mlpackage) for macOS/iOS apps; runs on any machine."""
+    from inferd.export import to_coreml
+    from inferd.export.coreml_compress import parse
+
+    if compress:
+        parse(compress)  # reject a bad specification before converting a model file
+    target_path = output or Path(f"{package.stem if package.is_file() else package.resolve().name}.mlpackage")
+    # coremltools' own progress bars are silenced through sys.stderr; this console keeps the real one.
+    status_console = Console(file=sys.stderr)
+    with status_console.status("exporting") as status:
+        result = to_coreml(_package(package), target_path, precision=precision, minimum_deployment_target=target,
+                           compress=compress, source=source, classifier=classifier, overwrite=force,
+                           progress=lambda stage: status.update(stage))
+    table = Table(show_header=False, title=f"Core ML export of {package}")
+    rows = {
+        "written": str(result.path),
+        "network from": f"{result.source} (max abs diff vs the package {result.max_abs_diff_vs_package:.1e})",
+        "precision / target": f"{result.precision} / {result.minimum_deployment_target}",
+        "compression": ", ".join(result.compression) or "none",
+        "weights": (f"{result.weights_bytes_uncompressed / 1e6:.2f} MB → {result.weights_bytes / 1e6:.2f} MB "
+                    f"({result.compression_ratio:.2f}x smaller)" if result.compression
+                    else f"{result.weights_bytes / 1e6:.2f} MB"),
+        "package size": f"{result.total_bytes / 1e6:.2f} MB",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    out.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    out.print("Core ML runs it on macOS/iOS; the input's description in Xcode says how to resize and crop pictures.")
+
+
 def _parse_size(text: str) -> int:
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     number, unit = text.strip().upper().rstrip("IB"), ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from functools import lru_cache
 
 from inferd.runtime.backends.base import Backend, Engine, EngineOptions
@@ -21,6 +22,10 @@ def available_backends() -> tuple[Backend, ...]:
         from inferd.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         found.append(OnnxRuntimeBackend())
+    if sys.platform == "darwin" and importlib.util.find_spec("coremltools") is not None:  # Core ML predicts on macOS only
+        from inferd.runtime.backends.coreml import CoreMLBackend
+
+        found.append(CoreMLBackend())
     return tuple(found)
 
 
