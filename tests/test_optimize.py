@@ -77,7 +77,7 @@ def test_static_int8_loses_at_most_half_a_point(digits: tuple[ModelPackage, Eval
     package, eval_set, calibration = digits
     int8 = saved(quantize_static(package, calibration, method="minmax"), tmp_path, "int8")
     lost = round((accuracy(package, eval_set) - accuracy(int8, eval_set)) * len(eval_set) / 100)
-    assert lost <= 2  # 2 of the 397 test digits = 0.50 points; measured: exactly 2 with every calibration method
+    assert lost <= 1  # 0.5 points of 397 test digits is at most 1 digit; measured: 0
     assert int8.manifest.precision == "int8"
     assert int8.manifest.compression[-1].parameters["method"] == "minmax"
     assert int8.size_bytes() < package.size_bytes() / 2
