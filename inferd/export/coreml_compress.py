@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferd.export.errors import ExportError
+from inferd.optimize.pipeline import Step as PipelineStep
+from inferd.optimize.pipeline import split_steps
 
 SYNTAX = ("palettize:BITS[:GROUP] (BITS 1, 2, 3, 4, 6 or 8), quantize:8 or quantize:4, prune:SPARSITY or prune:N:M, "
           "joined by commas in the order to apply them, e.g. prune:0.5,palettize:4")
@@ -21,12 +23,8 @@ IOS18 = "iOS18/macOS15"
 
 
 @dataclass(frozen=True)
-class Step:
-    kind: str
-    arguments: tuple[float, ...] = ()
-
-    def __str__(self) -> str:
-        return ":".join([self.kind, *(f"{a:g}" for a in self.arguments)])
+class Step(PipelineStep):
+    """A Core ML compression step: the pipeline syntax of `inferd optimize`, with Core ML's own checks."""
 
     def needs_ios18(self) -> str | None:
         """Why this step alone needs iOS18/macOS15 operations, or None."""
@@ -38,20 +36,7 @@ class Step:
 
 
 def parse(spec: str) -> list[Step]:
-    steps = []
-    for text in (part.strip() for part in spec.split(",")):
-        if not text:
-            raise ExportError(f"empty step in compress={spec!r}; expected {SYNTAX}")
-        kind, *raw = (piece.strip() for piece in text.split(":"))
-        try:
-            arguments = tuple(float(value) for value in raw)
-        except ValueError:
-            raise ExportError(f"{text!r}: {raw} are not numbers; expected {SYNTAX}") from None
-        steps.append(_checked(Step(kind.lower(), arguments), text))
-    kinds = [step.kind for step in steps]
-    if len(set(kinds)) != len(kinds):
-        raise ExportError(f"compress={spec!r} applies a compression twice; list each once")
-    return steps
+    return [_checked(Step(step.kind, step.arguments), text) for step, text in split_steps(spec, SYNTAX, ExportError)]
 
 
 def _checked(step: Step, text: str) -> Step:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
+from inferd.errors import InferdError
 from inferd.optimize.errors import OptimizeError
 from inferd.optimize.evalset import EvalSet, build_eval_set
 from inferd.optimize.fp16 import to_fp16
@@ -31,19 +32,24 @@ class Step:
 
 def parse(spec: str) -> list[Step]:
     """Validate the whole specification before any (slow) compression starts."""
+    return [_checked(step, text) for step, text in split_steps(spec, SYNTAX, OptimizeError)]
+
+
+def split_steps(spec: str, syntax: str, error: type[InferdError]) -> list[tuple[Step, str]]:
+    """`"kind:1:2,kind2"` → steps with their source text; each caller checks the kinds and values it supports."""
     steps = []
     for text in (part.strip() for part in spec.split(",")):
         if not text:
-            raise OptimizeError(f"empty step in {spec!r}; expected {SYNTAX}")
-        kind, *raw = text.split(":")
+            raise error(f"empty step in {spec!r}; expected {syntax}")
+        kind, *raw = (piece.strip() for piece in text.split(":"))
         try:
             arguments = tuple(float(value) for value in raw)
         except ValueError:
-            raise OptimizeError(f"{text!r}: {raw} are not numbers; expected {SYNTAX}") from None
-        steps.append(_checked(Step(kind.strip().lower(), arguments), text))
-    kinds = [step.kind for step in steps]
+            raise error(f"{text!r}: {raw} are not numbers; expected {syntax}") from None
+        steps.append((Step(kind.lower(), arguments), text))
+    kinds = [step.kind for step, _ in steps]
     if len(set(kinds)) != len(kinds):
-        raise OptimizeError(f"{spec!r} applies a compression twice; list each once")
+        raise error(f"{spec!r} applies a compression twice; list each once")
     return steps
 
 
