@@ -16,6 +16,7 @@ import numpy as np
 from inferd.convert import convert_pytorch
 from inferd.package import ModelPackage
 from inferd.types import ImageType
+from inferd.zoo import is_prepared
 
 NAME = "efficientnet-lite0"
 IMAGE = ImageType(
@@ -80,13 +81,8 @@ def build() -> ModelPackage:
 
 def prepare(repository: Path) -> Path:
     """Build the package into `repository/efficientnet-lite0` unless a valid one is already there."""
-    from inferd.errors import PackageError
-
     target = repository / NAME
-    try:
-        ModelPackage.load(target)
+    if is_prepared(target):
         return target
-    except PackageError:
-        pass
     build().save(target, overwrite=True)
     return target

@@ -30,6 +30,7 @@ from inferd.errors import FidelityError
 from inferd.manifest import Fidelity
 from inferd.package import ModelPackage
 from inferd.types import TextType
+from inferd.zoo import is_prepared
 
 NAME = "minilm-l6"
 TEXT = TextType(name="text", tokenizer="tokenizer.json", max_length=256)  # sentence_bert_config.json max_seq_length
@@ -195,14 +196,9 @@ def build(workdir: Path) -> ModelPackage:
 
 def prepare(repository: Path) -> Path:
     """Build the package into `repository/minilm-l6` unless a valid one is already there."""
-    from inferd.errors import PackageError
-
     target = repository / NAME
-    try:
-        ModelPackage.load(target)
+    if is_prepared(target):
         return target
-    except PackageError:
-        pass
     with tempfile.TemporaryDirectory(prefix="inferd-minilm-") as workdir:
         build(Path(workdir)).save(target, overwrite=True)
     return target
