@@ -3,7 +3,9 @@
 One run, in this order (the engine part first, with no server running):
 
   (a) engine only: `inferd.load` in this process; `predict` at batch 1 back-to-back, `predict` on a stacked
-      batch of 8, and `predict_batch` of 8 examples, each for ENGINE_S seconds;
+      batch of 8, `predict_batch` of 8 examples, and two threads each running batches of 4 on a model loaded
+      with 2 streams (one single-threaded stream per core), each for ENGINE_S seconds; the best of these is
+      the engine-only throughput the server is held to;
   (b) server, dynamic batching on (--max-batch-size 8 --max-queue-delay-ms 2): concurrency 8 with V2 binary
       FP32 tensors, then with JPEG files as V2 BYTES inputs (decoded and preprocessed by the server);
   (c) server with --max-queue-delay-ms 0 at concurrency 1: median latency minus the engine's median `predict`
@@ -23,6 +25,7 @@ import gc
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,22 +51,30 @@ def engine_phase(package: Path, tensors: list[Any], seconds: float) -> dict[str,
     stacked8 = np.ascontiguousarray(np.concatenate([tensors[i % len(tensors)] for i in range(8)]))
     examples8 = [{"image": tensors[i % len(tensors)]} for i in range(8)]
 
-    def timed(call: Any, rows: int) -> dict[str, Any]:
+    def timed(call: Any, rows: int, threads: int = 1) -> dict[str, Any]:
         for i in range(5):
             call(i)
-        latencies = []
+        latencies: list[float] = []
         meter = L.CpuMeter(os.getpid())
         started = time.perf_counter()
-        i = 0
-        while time.perf_counter() - started < seconds:
-            t = time.perf_counter()
-            call(i)
-            latencies.append(time.perf_counter() - t)
-            i += 1
+
+        def worker(first: int) -> None:
+            i = first
+            while time.perf_counter() - started < seconds:
+                t = time.perf_counter()
+                call(i)
+                latencies.append(time.perf_counter() - t)
+                i += threads
+
+        pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
         elapsed = time.perf_counter() - started
         cpu = meter.stop()
         cpu["process_cpu_s"] = cpu.pop("server_cpu_s")  # this process: the engine and its threads
-        return {"rows_per_call": rows, "calls": len(latencies), "images_per_s": round(rows * len(latencies) / elapsed, 3),
+        return {"rows_per_call": rows, "threads": threads, "calls": len(latencies), "images_per_s": round(rows * len(latencies) / elapsed, 3),
                 "latency_ms": L.latency_summary(latencies), "cpu": cpu}
 
     result = {
@@ -73,14 +84,20 @@ def engine_phase(package: Path, tensors: list[Any], seconds: float) -> dict[str,
         "predict_batch_8_examples": timed(lambda i: model.predict_batch(examples8), 8),
     }
     model.close()
-    return result  # the model goes with this frame; gc.collect() in the caller frees its session
+    streams2 = inferd.load(package, streams=2)
+    stacked4 = np.ascontiguousarray(stacked8[:4])
+    result["load_info_streams2"] = streams2.load_info.as_dict()
+    result["predict_batch4_2streams"] = timed(lambda i: streams2.predict({"image": stacked4}), 4, threads=2)
+    streams2.close()
+    return result  # the models go with this frame; gc.collect() in the caller frees their sessions
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--package", type=Path, default=L.DEFAULT_PACKAGE)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every phase's duration (smoke tests)")
-    parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
+    parser.add_argument("--client", choices=("raw", "aiohttp", "httpx"), default="raw",
+                        help="load generator's HTTP client; concurrency 8 binary is also run with aiohttp for reference")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for the machine to be idle first")
     parser.add_argument("--out", type=Path, default=L.RESULTS / "server_throughput.json")
     args = parser.parse_args()
@@ -117,9 +134,10 @@ def main() -> None:
         gc.collect()
         result["engine"] = engine
 
-        def load(server: L.Server, payloads: list[dict[str, Any]], concurrency: int, seconds: float) -> dict[str, Any]:
+        def load(server: L.Server, payloads: list[dict[str, Any]], concurrency: int, seconds: float,
+                 client: str = args.client) -> dict[str, Any]:
             spec = L.closed_spec(f"{server.url}/v2/models/{L.MODEL}/infer", payloads, concurrency, seconds * scale,
-                                 warmup_s=WARMUP_S, client=args.client)
+                                 warmup_s=WARMUP_S, client=client)
             return L.run_load(spec, work, server)
 
         servers: dict[str, Any] = {}
@@ -129,6 +147,8 @@ def main() -> None:
             servers["batch8_delay2"] = server.describe()
             result["server_c8_binary"] = load(server, binary, 8, SERVER_C8_S)
             result["server_c8_jpeg"] = load(server, jpeg, 8, SERVER_C8_S)
+            if args.client != "aiohttp":
+                result["server_c8_binary_aiohttp"] = load(server, binary, 8, SERVER_C8_S, client="aiohttp")
             c16_batch8 = load(server, binary, 16, BATCHING_C16_S)
         # (c) one request at a time, no batching delay
         print("server --max-queue-delay-ms 0, concurrency 1 ...", flush=True)
@@ -165,6 +185,8 @@ def main() -> None:
         "server_c8_binary_rps": result["server_c8_binary"]["throughput_rps"],
         "server_c8_jpeg_rps": result["server_c8_jpeg"]["throughput_rps"],
         "server_c8_binary_over_engine_best": round(result["server_c8_binary"]["throughput_rps"] / engine_best, 3),
+        "server_c8_binary_aiohttp_over_engine_best": round(
+            result.get("server_c8_binary_aiohttp", result["server_c8_binary"])["throughput_rps"] / engine_best, 3),
         "server_c8_jpeg_over_engine_best": round(result["server_c8_jpeg"]["throughput_rps"] / engine_best, 3),
         "engine_batch1_p50_ms": engine_b1_p50,
         "server_c1_p50_ms": server_c1_p50,

@@ -89,9 +89,12 @@ def test_bad_inputs_are_explained(default_package: Path, batch: np.ndarray) -> N
         model.predict({"image": batch[:0]})
 
 
-def test_threads_share_one_model(default_package: Path, batch: np.ndarray) -> None:
-    model = load(default_package, streams=2)
-    expected = [model.predict({"image": batch[i]})["logits"] for i in range(4)]
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_threads_share_one_model(default_package: Path, batch: np.ndarray, backend: str) -> None:
+    """Two streams (two single-threaded sessions on ONNX Runtime) answer each thread with its own image's result."""
+    reference = load(default_package, backend=backend, precision="fp32")
+    expected = [reference.predict({"image": batch[i]})["logits"] for i in range(4)]
+    model = load(default_package, backend=backend, precision="fp32", streams=2)
     errors: list[str] = []
 
     def worker(index: int) -> None:

@@ -2,11 +2,18 @@
 
 The compiled-model cache is ORT's optimized-model file: graph optimizations run
 once and the result is saved, so a later load skips them.
+
+Streams are separate sessions, each with its share of the threads, like
+OpenVINO's: concurrent runs on one session would share one intra-op pool and
+wait at each other's barriers, while a single-threaded session per core keeps
+every core busy with no synchronisation at all (measured on EfficientNet-Lite0,
+2 cores, batch 4: 177 img/s against 144 for one 2-thread session without spinning).
 """
 
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,15 +35,27 @@ _OPTIMIZED_FILE = "model.optimized.onnx"
 
 
 class OnnxRuntimeEngine:
-    def __init__(self, session: Any, device: Device) -> None:
+    def __init__(self, sessions: list[Any], device: Device) -> None:
         self.device = device
         self.precision = "fp32"
-        self._session = session
-        self._output_names = [output.name for output in session.get_outputs()]
+        self._session = sessions[0]
+        self._output_names = [output.name for output in self._session.get_outputs()]
+        # One session is shared by every caller (InferenceSession.run is thread-safe); several are lent out in turn.
+        self._idle: queue.SimpleQueue[Any] | None = None
+        if len(sessions) > 1:
+            self._idle = queue.SimpleQueue()
+            for session in sessions:
+                self._idle.put(session)
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # InferenceSession.run is thread-safe; concurrent runs share the intra-op pool.
-        results = self._session.run(self._output_names, dict(feeds))
+        if self._idle is None:
+            results = self._session.run(self._output_names, dict(feeds))
+        else:
+            session = self._idle.get()
+            try:
+                results = session.run(self._output_names, dict(feeds))
+            finally:
+                self._idle.put(session)
         return dict(zip(self._output_names, results, strict=True))
 
     def raw_call(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], Any]:
@@ -84,23 +103,35 @@ class OnnxRuntimeBackend:
         cache_dir.mkdir(parents=True, exist_ok=True)
         optimized = cache_dir / _OPTIMIZED_FILE
         cached = optimized.is_file()
-        session_options = onnxruntime.SessionOptions()
-        session_options.log_severity_level = 3
-        session_options.intra_op_num_threads = options.threads
-        session_options.inter_op_num_threads = 1
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
-        staging = cache_dir / f".{_OPTIMIZED_FILE}.{os.getpid()}"
-        if cached:
-            source = optimized
-            session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-        else:
-            source = model_path
-            session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-            session_options.optimized_model_filepath = str(staging)
-        try:
-            session = onnxruntime.InferenceSession(str(source), session_options, providers=[device.id])
-        except Exception as exc:
-            raise BackendUnavailable(f"ONNX Runtime could not load the model on {device.id}: {exc}") from exc
-        if not cached and staging.is_file():
-            staging.replace(optimized)
-        return OnnxRuntimeEngine(session, device), cached
+        threads = max(1, options.threads // options.streams)
+        sessions = []
+        if not cached:
+            staging = cache_dir / f".{_OPTIMIZED_FILE}.{os.getpid()}"
+            sessions.append(_session(model_path, device, threads, options.spin, optimize=True, save_to=staging))
+            if staging.is_file():
+                staging.replace(optimized)
+        while len(sessions) < options.streams:
+            have_optimized = optimized.is_file()
+            sessions.append(_session(optimized if have_optimized else model_path, device, threads, options.spin,
+                                     optimize=not have_optimized))
+        return OnnxRuntimeEngine(sessions, device), cached
+
+
+def _session(source: Path, device: Device, threads: int, spin: bool, *, optimize: bool,
+             save_to: Path | None = None) -> Any:
+    """A session that runs ORT's graph optimizations (saving the result to `save_to`), or one on an optimized file."""
+    import onnxruntime
+
+    session_options = onnxruntime.SessionOptions()
+    session_options.log_severity_level = 3
+    session_options.intra_op_num_threads = threads
+    session_options.inter_op_num_threads = 1
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    session_options.graph_optimization_level = (onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                                else onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if save_to is not None:
+        session_options.optimized_model_filepath = str(save_to)
+    try:
+        return onnxruntime.InferenceSession(str(source), session_options, providers=[device.id])
+    except Exception as exc:
+        raise BackendUnavailable(f"ONNX Runtime could not load the model on {device.id}: {exc}") from exc

@@ -15,6 +15,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Request, Response
+from starlette.routing import Route
 
 from inferd import __version__
 from inferd.errors import InvalidInput, NotReady
@@ -188,6 +189,23 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     if header_length is None:
         return Response(payload, media_type="application/json")
     return Response(payload, media_type="application/octet-stream", headers={INFERENCE_HEADER: str(header_length)})
+
+
+def fast_infer_routes() -> list[Route]:
+    """The infer endpoints as plain Starlette routes, to be matched before everything else.
+
+    FastAPI's route matching and dependency solving cost about 0.2 ms of event-loop
+    time per request (measured with py-spy at 1,200 req/s), a fifth of what the
+    server spends on a 600 KB binary request; `infer` takes only the request and
+    its path parameters, so it needs none of it. The FastAPI routes above stay
+    for the OpenAPI docs.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        return await infer(request, **request.path_params)
+
+    return [Route(f"{router.prefix}{path}", endpoint, methods=["POST"], include_in_schema=False)
+            for path in ("/models/{model}/infer", "/models/{model}/versions/{version}/infer")]
 
 
 def _timeout_s(decoded: InferRequest) -> float | None:
