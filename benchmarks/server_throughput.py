@@ -74,7 +74,8 @@ def engine_phase(package: Path, tensors: list[Any], seconds: float) -> dict[str,
         elapsed = time.perf_counter() - started
         cpu = meter.stop()
         cpu["process_cpu_s"] = cpu.pop("server_cpu_s")  # this process: the engine and its threads
-        return {"rows_per_call": rows, "threads": threads, "calls": len(latencies), "images_per_s": round(rows * len(latencies) / elapsed, 3),
+        return {"rows_per_call": rows, "threads": threads, "calls": len(latencies),
+                "images_per_s": round(rows * len(latencies) / elapsed, 3),
                 "latency_ms": L.latency_summary(latencies), "cpu": cpu}
 
     result = {

@@ -93,7 +93,6 @@ class OnnxRuntimeBackend:
     def compile(
         self, model_path: Path, device: Device, precision: Precision, cache_dir: Path, options: EngineOptions
     ) -> tuple[OnnxRuntimeEngine, bool]:
-        import onnxruntime
 
         if self.effective_precision(device, precision) is None:
             raise BackendUnavailable(
