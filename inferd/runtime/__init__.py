@@ -36,6 +36,7 @@ def load(
     spin: bool | None = None,
     max_in_flight: int = 64,
     overflow: OverflowPolicy = "wait",
+    warmup_rows: int = 1,
     cache_dir: str | os.PathLike[str] | None = None,
     convert_options: ConvertOptions | None = None,
 ) -> CompiledModel:
@@ -43,7 +44,9 @@ def load(
 
     `convert_options` describe a model file (image preprocessing, labels, input
     shape) for its conversion; the converted package is cached, so only the first
-    load converts. See CompiledModel.load_info for what happened.
+    load converts. `warmup_rows` is the largest batch the caller will run (a
+    server's max batch size): the warm-up takes that batch's memory up front.
+    See CompiledModel.load_info for what happened.
     """
     started = time.perf_counter()
     if isinstance(model, ModelPackage):
@@ -85,13 +88,27 @@ def load(
         engine, cached = compiled[label]
         cache.write_json(choice_file, {"device": label, "selection_ms": selection_ms})
     compile_seconds = time.perf_counter() - compile_started
-    engine.infer(feeds)  # warm-up: first-run allocations and lazy kernel selection happen here, not on a request
+    _warm_up(engine, package, warmup_rows, streams)
     info = LoadInfo(
         backend=winner.backend.name, device=winner.device.id, precision=engine.precision, cached=cached,
         seconds=time.perf_counter() - started, compile_seconds=compile_seconds, selection_ms=selection_ms,
         conversion_cached=conversion_cached,
     )
     return CompiledModel(package, engine, info, max_in_flight=max_in_flight, overflow=overflow)
+
+
+def _warm_up(engine: Engine, package: ModelPackage, rows: int, streams: int) -> None:
+    """First-run allocations and lazy kernel selection happen here, not on a request.
+
+    Each stream runs once at `rows` (a server's max batch size), because engines
+    keep the memory of their largest run: sized at load, a full batch under
+    overload then grows nothing (measured: +36 MiB RSS at the first batches of 8
+    when only batch 1 had been warmed).
+    """
+    feeds = example_feeds({spec.name: (spec.shape, spec.dtype) for spec in package.manifest.graph_inputs},
+                          rows=rows if package.manifest.batch_dynamic else 1)
+    for _ in range(streams):
+        engine.infer(feeds)
 
 
 def _compile_each(

@@ -78,8 +78,8 @@ def fastest(
     return min(timings, key=timings.__getitem__), timings
 
 
-def example_feeds(engine_inputs: Mapping[str, tuple[tuple[int, ...], str]]) -> dict[str, np.ndarray]:
-    """Batch-1 inputs for timing and warm-up.
+def example_feeds(engine_inputs: Mapping[str, tuple[tuple[int, ...], str]], rows: int = 1) -> dict[str, np.ndarray]:
+    """Inputs for timing and warm-up: `rows` on a dynamic batch axis.
 
     Zeros would let some kernels shortcut, so floats are random. Integers are
     ones: a valid token id, an attention mask that attends everywhere, a valid
@@ -89,7 +89,7 @@ def example_feeds(engine_inputs: Mapping[str, tuple[tuple[int, ...], str]]) -> d
     rng = np.random.default_rng(0)
     feeds = {}
     for name, (shape, dtype) in engine_inputs.items():
-        concrete = tuple((1 if axis == 0 else DYNAMIC_EXTENT) if d == -1 else d for axis, d in enumerate(shape))
+        concrete = tuple((rows if axis == 0 else DYNAMIC_EXTENT) if d == -1 else d for axis, d in enumerate(shape))
         if np.dtype(dtype).kind == "f":
             feeds[name] = rng.standard_normal(concrete).astype(dtype)
         else:

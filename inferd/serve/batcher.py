@@ -40,6 +40,7 @@ import numpy as np
 
 from inferd.errors import DeadlineExceeded, InferdError, NotReady, Overloaded
 from inferd.runtime.compiled import CompiledModel
+from inferd.serve.malloc import MemoryTrimmer
 
 DISCONNECT_POLL_S = 0.05
 """How often a waiting request asks whether its client is still there (a cheap, non-blocking check)."""
@@ -161,6 +162,7 @@ class DynamicBatcher:
         # A dict keeps arrival order and removes a cancelled request in O(1).
         self._queue: dict[_Request, None] = {}
         self._executor = ThreadPoolExecutor(max_workers=config.executions, thread_name_prefix=f"inferd-batch-{model.name}")
+        self._trimmer = MemoryTrimmer()
         self._running: set[asyncio.Future[tuple[list[Outputs], float]]] = set()
         self._rows_in_flight = 0
         self._compute_s: float | None = None
@@ -360,9 +362,16 @@ class DynamicBatcher:
         rows = sum(request.rows for request in batch)
         self._rows_in_flight += rows
         assert self._loop is not None
-        running = self._loop.run_in_executor(self._executor, self.inputs.run, [r.feeds for r in batch])
+        running = self._loop.run_in_executor(self._executor, self._run, [r.feeds for r in batch])
         self._running.add(running)
         running.add_done_callback(partial(self._finish, batch, rows))
+
+    def _run(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]:
+        """On a worker thread: the batch, then the freed memory of earlier batches back to the system."""
+        try:
+            return self.inputs.run(requests)
+        finally:
+            self._trimmer.trim()
 
     def _finish(
         self, batch: list[_Request], rows: int, running: asyncio.Future[tuple[list[Outputs], float]]

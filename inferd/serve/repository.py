@@ -252,7 +252,7 @@ class ModelRepository:
     def _load_model(self, path: Path, config: ServingConfig) -> tuple[CompiledModel, BatchInputs | None]:
         """On a worker thread: compile the model and, for a text model, read its tokenizer."""
         model = load(path, compute_units=config.compute_units, precision=config.precision,
-                     streams=config.instances, max_in_flight=self.max_in_flight)
+                     streams=config.instances, max_in_flight=self.max_in_flight, warmup_rows=config.max_batch_size)
         return model, TextInputs(model, chunk_rows=config.max_batch_size) if takes_text(model) else None
 
     async def unload(self, name: str) -> None:

@@ -126,6 +126,10 @@ def _session(source: Path, device: Device, threads: int, spin: bool, *, optimize
     session_options.intra_op_num_threads = threads
     session_options.inter_op_num_threads = 1
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    # Memory patterns are planned and kept per input shape, so with a dynamic batch every new batch size
+    # takes more memory for good: EfficientNet-Lite0 grew 19 MiB over batch sizes 1-8 with them, 3 MiB
+    # without, at the same speed (27.8 against 28.4 ms at batch 4).
+    session_options.enable_mem_pattern = False
     session_options.graph_optimization_level = (onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                                 else onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if save_to is not None:
