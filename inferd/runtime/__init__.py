@@ -101,9 +101,8 @@ def _warm_up(engine: Engine, package: ModelPackage, rows: int, streams: int) -> 
     """First-run allocations and lazy kernel selection happen here, not on a request.
 
     Each stream runs once at `rows` (a server's max batch size), because engines
-    keep the memory of their largest run: sized at load, a full batch under
-    overload then grows nothing (measured: +36 MiB RSS at the first batches of 8
-    when only batch 1 had been warmed).
+    keep the memory of their largest run (ONNX Runtime's arena): taken at load,
+    it is part of the baseline rather than growth under the first full batches.
     """
     feeds = example_feeds({spec.name: (spec.shape, spec.dtype) for spec in package.manifest.graph_inputs},
                           rows=rows if package.manifest.batch_dynamic else 1)
