@@ -93,7 +93,6 @@ class OnnxRuntimeBackend:
     def compile(
         self, model_path: Path, device: Device, precision: Precision, cache_dir: Path, options: EngineOptions
     ) -> tuple[OnnxRuntimeEngine, bool]:
-
         if self.effective_precision(device, precision) is None:
             raise BackendUnavailable(
                 f"ONNX Runtime does not lower precision to {precision.value}; convert the package with "
