@@ -90,3 +90,15 @@ def test_server_keeps_serving_after_bad_input(server: LiveServer, chelsea_png: b
         assert httpx.post(f"{server.url}/predict", files={"image": ("x", payload)}).status_code < 500
     ok = httpx.post(f"{server.url}/predict", files={"image": ("c.png", chelsea_png)})
     assert ok.status_code == 200 and set(labels(ok)) & CAT_LABELS
+
+
+def test_openapi_documents_both_faces(server: LiveServer) -> None:
+    """The infer endpoints are served by plain routes ahead of FastAPI's, but stay in the docs exactly once."""
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    paths = schema["paths"]
+    for path in ("/predict", "/predict/{model}", "/v2/models/{model}/infer",
+                 "/v2/models/{model}/versions/{version}/infer", "/v2/models/{model}/config"):
+        assert path in paths, f"{path} missing from the OpenAPI schema"
+    assert list(paths["/v2/models/{model}/infer"]) == ["post"]
+    docs = httpx.get(f"{server.url}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
