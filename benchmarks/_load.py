@@ -23,6 +23,7 @@ Both loops are bounded by time and stop by themselves; every request has a clien
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import io
@@ -131,6 +132,28 @@ def process_rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+CLIENTS = ("raw", "aiohttp", "httpx")
+
+
+def benchmark_parser(doc: str | None, out_name: str, client: str = "aiohttp",
+                     client_help: str = "the load generator's HTTP client") -> argparse.ArgumentParser:
+    """The options every server benchmark takes (--package, --client, --no-wait, --out); scripts add their own."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--package", type=Path, default=DEFAULT_PACKAGE)
+    parser.add_argument("--client", choices=CLIENTS, default=client, help=client_help)
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for the machine to be idle first")
+    parser.add_argument("--out", type=Path, default=RESULTS / out_name)
+    return parser
+
+
+def start_benchmark(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict[str, Any] | None]:
+    """Parsed options, after checking the package exists and waiting for a quiet machine (unless --no-wait)."""
+    args = parser.parse_args()
+    if not (args.package / "manifest.json").is_file():
+        sys.exit(f"{args.package} is missing: run `.venv/bin/inferd prepare models` first")
+    return args, None if args.no_wait else wait_for_quiet()
 
 
 def wait_for_quiet(max_busy: float = 0.2, window_s: float = 3.0, max_wait_s: float = 120.0) -> dict[str, Any]:

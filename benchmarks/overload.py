@@ -18,7 +18,6 @@ Acceptance, recorded in the result's "acceptance" block:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -42,18 +41,11 @@ RSS_LIMIT = 0.10
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", type=Path, default=L.DEFAULT_PACKAGE)
+    parser = L.benchmark_parser(__doc__, "overload.json")
     parser.add_argument("--duration", type=float, default=LOAD_S)
     parser.add_argument("--factor", type=float, default=RATE_FACTOR, help="offered rate / measured capacity")
     parser.add_argument("--max-outstanding", type=int, default=MAX_OUTSTANDING, help="client cap on requests in flight")
-    parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for the machine to be idle first")
-    parser.add_argument("--out", type=Path, default=L.RESULTS / "overload.json")
-    args = parser.parse_args()
-    if not (args.package / "manifest.json").is_file():
-        sys.exit(f"{args.package} is missing: run `.venv/bin/inferd prepare models` first")
-    quiet = None if args.no_wait else L.wait_for_quiet()
+    args, quiet = L.start_benchmark(parser)
     started = time.time()
     flags = {"max_batch_size": 8, "max_queue_delay_ms": 2, "max_queue_size": QUEUE_SIZE, "timeout": TIMEOUT_S}
     result: dict[str, Any] = {

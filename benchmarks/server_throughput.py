@@ -20,7 +20,6 @@ Writes benchmarks/results/server_throughput.json and prints a summary.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import sys
@@ -94,19 +93,13 @@ def engine_phase(package: Path, tensors: list[Any], seconds: float) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", type=Path, default=L.DEFAULT_PACKAGE)
+    parser = L.benchmark_parser(
+        __doc__, "server_throughput.json", client="raw",
+        client_help="the load generator's HTTP client; concurrency 8 binary is also run with aiohttp for reference")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every phase's duration (smoke tests)")
-    parser.add_argument("--client", choices=("raw", "aiohttp", "httpx"), default="raw",
-                        help="load generator's HTTP client; concurrency 8 binary is also run with aiohttp for reference")
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for the machine to be idle first")
-    parser.add_argument("--out", type=Path, default=L.RESULTS / "server_throughput.json")
-    args = parser.parse_args()
-    if not (args.package / "manifest.json").is_file():
-        sys.exit(f"{args.package} is missing: run `.venv/bin/inferd prepare models` first")
+    args, quiet = L.start_benchmark(parser)
     repository = args.package.parent
     scale = args.scale
-    quiet = None if args.no_wait else L.wait_for_quiet()
     started = time.time()
     result: dict[str, Any] = {"benchmark": "server_throughput", "machine": L.machine_info(),
                               "package": str(args.package), "client": args.client,

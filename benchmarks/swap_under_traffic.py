@@ -18,7 +18,6 @@ still answered by version 1.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -42,15 +41,7 @@ BACKOFF_S = 0.02  # a worker whose request was refused waits this long before th
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", type=Path, default=L.DEFAULT_PACKAGE)
-    parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for the machine to be idle first")
-    parser.add_argument("--out", type=Path, default=L.RESULTS / "swap_under_traffic.json")
-    args = parser.parse_args()
-    if not (args.package / "manifest.json").is_file():
-        sys.exit(f"{args.package} is missing: run `.venv/bin/inferd prepare models` first")
-    quiet = None if args.no_wait else L.wait_for_quiet()
+    args, quiet = L.start_benchmark(L.benchmark_parser(__doc__, "swap_under_traffic.json"))
     started = time.time()
     flags = {"max_batch_size": 8, "max_queue_delay_ms": 2}
     result: dict[str, Any] = {
