@@ -36,15 +36,12 @@ class Step(PipelineStep):
 
 
 def parse(spec: str) -> list[Step]:
-    return [_checked(Step(step.kind, step.arguments), text) for step, text in split_steps(spec, SYNTAX, ExportError)]
+    arity = {"palettize": (1, 2), "quantize": (1,), "prune": (1, 2)}
+    return [_checked(Step(step.kind, step.arguments), text)
+            for step, text in split_steps(spec, SYNTAX, ExportError, arity)]
 
 
 def _checked(step: Step, text: str) -> Step:
-    counts = {"palettize": (1, 2), "quantize": (1,), "prune": (1, 2)}
-    if step.kind not in counts:
-        raise ExportError(f"unknown compression {step.kind!r} in {text!r}; expected {SYNTAX}")
-    if len(step.arguments) not in counts[step.kind]:
-        raise ExportError(f"{text!r} has the wrong number of values; expected {SYNTAX}")
     if step.kind == "palettize":
         bits, *group = step.arguments
         if bits not in PALETTE_BITS:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 from inferd.errors import InferdError
@@ -32,11 +32,15 @@ class Step:
 
 def parse(spec: str) -> list[Step]:
     """Validate the whole specification before any (slow) compression starts."""
-    return [_checked(step, text) for step, text in split_steps(spec, SYNTAX, OptimizeError)]
+    arity = {"fp16": (0,), "int8": (0,), "int8-weights": (0,), "palettize": (1, 2), "prune": (1, 2)}
+    return [_checked(step, text) for step, text in split_steps(spec, SYNTAX, OptimizeError, arity)]
 
 
-def split_steps(spec: str, syntax: str, error: type[InferdError]) -> list[tuple[Step, str]]:
-    """`"kind:1:2,kind2"` → steps with their source text; each caller checks the kinds and values it supports."""
+def split_steps(
+    spec: str, syntax: str, error: type[InferdError], arity: Mapping[str, tuple[int, ...]]
+) -> list[tuple[Step, str]]:
+    """`"kind:1:2,kind2"` → steps with their source text, each of a kind in `arity` with as many values as it
+    allows; the caller checks the values themselves."""
     steps = []
     for text in (part.strip() for part in spec.split(",")):
         if not text:
@@ -46,7 +50,12 @@ def split_steps(spec: str, syntax: str, error: type[InferdError]) -> list[tuple[
             arguments = tuple(float(value) for value in raw)
         except ValueError:
             raise error(f"{text!r}: {raw} are not numbers; expected {syntax}") from None
-        steps.append((Step(kind.lower(), arguments), text))
+        step = Step(kind.lower(), arguments)
+        if step.kind not in arity:
+            raise error(f"unknown compression {step.kind!r} in {text!r}; expected {syntax}")
+        if len(step.arguments) not in arity[step.kind]:
+            raise error(f"{text!r} has the wrong number of values; expected {syntax}")
+        steps.append((step, text))
     kinds = [step.kind for step, _ in steps]
     if len(set(kinds)) != len(kinds):
         raise error(f"{spec!r} applies a compression twice; list each once")
@@ -54,11 +63,6 @@ def split_steps(spec: str, syntax: str, error: type[InferdError]) -> list[tuple[
 
 
 def _checked(step: Step, text: str) -> Step:
-    counts = {"fp16": (0,), "int8": (0,), "int8-weights": (0,), "palettize": (1, 2), "prune": (1, 2)}
-    if step.kind not in counts:
-        raise OptimizeError(f"unknown compression {step.kind!r} in {text!r}; expected {SYNTAX}")
-    if len(step.arguments) not in counts[step.kind]:
-        raise OptimizeError(f"{text!r} has the wrong number of values; expected {SYNTAX}")
     if step.kind == "palettize":
         bits, *group = step.arguments
         if not bits.is_integer() or (group and not group[0].is_integer()):
