@@ -268,6 +268,24 @@ def test_center_crop_keeps_the_centre() -> None:
     assert np.allclose(tensor[:, 112, 223], (0, 0, 1))
 
 
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+def test_center_crop_matches_resize_then_crop(name: str) -> None:
+    """Only the kept region is resampled; the pixels must be those of torchvision's Resize then CenterCrop."""
+    image = Image.fromarray(PHOTOS[name])
+    short = round(224 / 0.875)
+    scale = short / min(image.size)
+    width, height = max(224, int(image.width * scale)), max(224, int(image.height * scale))
+    if image.width <= image.height:
+        width = short
+    else:
+        height = short
+    resized = image.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = round((width - 224) / 2), round((height - 224) / 2)
+    expected = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float32).transpose(2, 0, 1)
+    tensor = to_tensor(image, spec(scale=1.0, bias=(0.0,), crop_fraction=0.875))
+    assert np.abs(tensor - expected).max() <= 1.0
+
+
 def test_preprocess_is_decode_then_to_tensor() -> None:
     payload = encode(PHOTOS["astronaut"], "JPEG")
     expected = to_tensor(decode_image(payload), spec())

