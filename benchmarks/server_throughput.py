@@ -1,18 +1,23 @@
 """How much of the engine's speed the server delivers, what one request costs on top, and what batching buys.
 
-One run, in this order (the engine part first, with no server running):
+The comparisons that carry the targets are measured in alternating blocks (engine only, then server, and
+again, ROUNDS times), because this machine drifts: the engine alone ran batch 1 anywhere from 6.2 to 7.9 ms
+p50 between runs of one day. Phases measured one after the other would credit or blame the server for that.
 
-  (a) engine only: `inferd.load` in this process; `predict` at batch 1 back-to-back, `predict` on a stacked
-      batch of 8, `predict_batch` of 8 examples, and two threads each running batches of 4 on a model loaded
-      with 2 streams (one single-threaded stream per core), each for ENGINE_S seconds; the best of these is
-      the engine-only throughput the server is held to;
-  (b) server, dynamic batching on (--max-batch-size 8 --max-queue-delay-ms 2): concurrency 8 with V2 binary
-      FP32 tensors, then with JPEG files as V2 BYTES inputs (decoded and preprocessed by the server);
-  (c) server with --max-queue-delay-ms 0 at concurrency 1: median latency minus the engine's median `predict`
-      latency at batch 1 = what the HTTP server, codec and batcher add to one request;
-  (d) concurrency 16 with --max-batch-size 1 (no batching), 8 and 16 (delay 2 ms): throughput, p50 and p99.
+  (a) engine-only survey: `inferd.load` in this process, every mode for SURVEY_S seconds. On tensors:
+      `predict` at batch 1, on a stacked batch of 8, `predict_batch` of 8 examples, and two threads each
+      running batches of 4 on a model loaded with 2 streams (one single-threaded stream per core). On JPEG
+      files, the work the server does for a JPEG (`inferd.io.preprocess_image`, then `predict`): batch 1,
+      8 decoded then run as one batch, and two threads each decoding and running batches of 4 on the
+      2-stream model. The fastest tensor mode and the fastest JPEG mode are what the server is held to.
+  (b) throughput, server with --max-batch-size 8 --max-queue-delay-ms 2, concurrency 8: binary V2 FP32
+      tensors against the fastest tensor mode, JPEG files as V2 BYTES (decoded by the server) against the
+      fastest JPEG mode, interleaved; then concurrency 8 binary with aiohttp, for reference.
+  (c) added latency, server with --max-queue-delay-ms 0, concurrency 1: server median minus engine median at
+      batch 1 for the same input, binary against tensors and JPEG against JPEG, interleaved.
+  (d) batching gain: concurrency 16 with --max-batch-size 1 (no batching), 8 (the server of (b)) and 16.
 
-    .venv/bin/python benchmarks/server_throughput.py            # about 2.5 minutes
+    .venv/bin/python benchmarks/server_throughput.py            # about 5 minutes
     .venv/bin/python benchmarks/server_throughput.py --scale 0.2 --out /tmp/smoke.json
 
 Writes benchmarks/results/server_throughput.json and prints a summary.
@@ -20,12 +25,12 @@ Writes benchmarks/results/server_throughput.json and prints a summary.
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +38,54 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _load as L
 
-ENGINE_S = 10.0
-SERVER_C8_S = 20.0
-LATENCY_C1_S = 10.0
+SURVEY_S = 6.0
+ROUNDS = 4
+THROUGHPUT_BLOCK_S = 4.0
+LATENCY_BLOCK_S = 2.5
+REFERENCE_S = 10.0
 BATCHING_C16_S = 12.0
-WARMUP_S = 2.0
+WARMUP_S = 1.0
 
 
-def engine_phase(package: Path, tensors: list[Any], seconds: float) -> dict[str, Any]:
-    import numpy as np
+class Engine:
+    """The engine-only side, in this process: the model as `inferd.load` gives it, the same with 2 streams,
+    and the ways of calling them that the server is compared with."""
 
-    import inferd
+    def __init__(self, package: Path, jpegs: list[bytes]) -> None:
+        import numpy as np
 
-    model = inferd.load(package)
-    feeds1 = [{"image": t} for t in tensors]
-    stacked8 = np.ascontiguousarray(np.concatenate([tensors[i % len(tensors)] for i in range(8)]))
-    examples8 = [{"image": tensors[i % len(tensors)]} for i in range(8)]
+        import inferd
+        from inferd.io import preprocess_image
 
-    def timed(call: Any, rows: int, threads: int = 1) -> dict[str, Any]:
+        self.model = inferd.load(package)
+        self.streams2 = inferd.load(package, streams=2)
+        spec = self.model.manifest.inputs[0]
+        tensors = [preprocess_image(j, spec)[None] for j in jpegs]
+        stacked8 = np.ascontiguousarray(np.concatenate([tensors[i % len(tensors)] for i in range(8)]))
+        stacked4 = np.ascontiguousarray(stacked8[:4])
+        examples8 = [{"image": tensors[i % len(tensors)]} for i in range(8)]
+
+        def decoded(first: int, rows: int) -> dict[str, Any]:
+            return {"image": np.stack([preprocess_image(jpegs[(first + k) % len(jpegs)], spec) for k in range(rows)])}
+
+        model, streams2 = self.model, self.streams2
+        # name -> (call with a running index, images per call, threads calling at once)
+        self.modes: dict[str, tuple[Callable[[int], Any], int, int]] = {
+            "predict_batch1": (lambda i: model.predict({"image": tensors[i % len(tensors)]}), 1, 1),
+            "predict_batch8": (lambda i: model.predict({"image": stacked8}), 8, 1),
+            "predict_batch_8_examples": (lambda i: model.predict_batch(examples8), 8, 1),
+            "predict_batch4_2streams": (lambda i: streams2.predict({"image": stacked4}), 4, 2),
+            "jpeg_batch1": (lambda i: model.predict(decoded(i, 1)), 1, 1),
+            "jpeg_batch8": (lambda i: model.predict(decoded(i, 8)), 8, 1),
+            "jpeg_batch4_2streams": (lambda i: streams2.predict(decoded(i, 4)), 4, 2),
+        }
+
+    def load_info(self) -> dict[str, Any]:
+        return {"default": self.model.load_info.as_dict(), "streams2": self.streams2.load_info.as_dict()}
+
+    def run(self, mode: str, seconds: float) -> dict[str, Any]:
+        """Call `mode` back-to-back for `seconds` (after 5 warm-up calls); images/s, latencies and CPU."""
+        call, rows, threads = self.modes[mode]
         for i in range(5):
             call(i)
         latencies: list[float] = []
@@ -73,23 +108,56 @@ def engine_phase(package: Path, tensors: list[Any], seconds: float) -> dict[str,
         elapsed = time.perf_counter() - started
         cpu = meter.stop()
         cpu["process_cpu_s"] = cpu.pop("server_cpu_s")  # this process: the engine and its threads
-        return {"rows_per_call": rows, "threads": threads, "calls": len(latencies),
-                "images_per_s": round(rows * len(latencies) / elapsed, 3),
-                "latency_ms": L.latency_summary(latencies), "cpu": cpu}
+        return {"mode": mode, "rows_per_call": rows, "threads": threads, "calls": len(latencies),
+                "images_per_s": round(rows * len(latencies) / elapsed, 3), "latencies_s": latencies, "cpu": cpu}
 
-    result = {
-        "load_info": model.load_info.as_dict(),
-        "predict_batch1": timed(lambda i: model.predict(feeds1[i % len(feeds1)]), 1),
-        "predict_batch8": timed(lambda i: model.predict({"image": stacked8}), 8),
-        "predict_batch_8_examples": timed(lambda i: model.predict_batch(examples8), 8),
+    def close(self) -> None:
+        self.model.close()
+        self.streams2.close()
+
+
+def summarized(run: dict[str, Any]) -> dict[str, Any]:
+    """An engine run for the JSON: latency percentiles instead of every latency."""
+    return {k: v for k, v in run.items() if k != "latencies_s"} | {"latency_ms": L.latency_summary(run["latencies_s"])}
+
+
+def interleaved(engine: Engine, mode: str, server: L.Server, payloads: list[dict[str, Any]], concurrency: int,
+                block_s: float, rounds: int, work: Path, client: str) -> dict[str, Any]:
+    """Engine-only `mode` and the server at `concurrency` in alternating blocks of `block_s` seconds.
+
+    Throughputs are the mean over blocks (all blocks are equally long); latency percentiles pool every block.
+    """
+    engine_runs, server_runs = [], []
+    for _ in range(rounds):
+        engine_runs.append(engine.run(mode, block_s))
+        spec = L.closed_spec(f"{server.url}/v2/models/{L.MODEL}/infer", payloads, concurrency, block_s,
+                             warmup_s=WARMUP_S, client=client, records=True)
+        server_runs.append(L.run_load(spec, work, server))
+    engine_latencies = [s for run in engine_runs for s in run["latencies_s"]]
+    server_latencies = [r[1] for run in server_runs for r in run.pop("records")
+                        if 0 <= r[0] < block_s and r[2] == 200 and r[5] is None]
+    engine_rate = sum(run["images_per_s"] for run in engine_runs) / rounds
+    server_rate = sum(run["throughput_rps"] for run in server_runs) / rounds
+    engine_p50 = L.latency_summary(engine_latencies)["p50"]
+    server_p50 = L.latency_summary(server_latencies)["p50"]
+    return {
+        "engine_mode": mode, "concurrency": concurrency, "rounds": rounds, "block_s": block_s,
+        "engine_images_per_s": round(engine_rate, 3), "server_rps": round(server_rate, 3),
+        "server_over_engine": round(server_rate / engine_rate, 3),
+        "engine_latency_ms": L.latency_summary(engine_latencies),
+        "server_latency_ms": L.latency_summary(server_latencies),
+        "added_latency_p50_ms": round(server_p50 - engine_p50, 3) if server_p50 and engine_p50 else None,
+        "blocks": [{"engine_images_per_s": e["images_per_s"], "server_rps": s["throughput_rps"],
+                    "server_p50_ms": s["latency_ms"]["p50"], "statuses": s["statuses"], "errors": s["errors"],
+                    "batching": s["batching"], "cpu": s["cpu"],
+                    "client_cpu_ms_per_request": s["client_cpu_ms_per_request"]}
+                   for e, s in zip(engine_runs, server_runs, strict=True)],
     }
-    model.close()
-    streams2 = inferd.load(package, streams=2)
-    stacked4 = np.ascontiguousarray(stacked8[:4])
-    result["load_info_streams2"] = streams2.load_info.as_dict()
-    result["predict_batch4_2streams"] = timed(lambda i: streams2.predict({"image": stacked4}), 4, threads=2)
-    streams2.close()
-    return result  # the models go with this frame; gc.collect() in the caller frees their sessions
+
+
+def failures(run: dict[str, Any]) -> int:
+    blocks = run.get("blocks", [run])
+    return sum(sum(b["errors"].values()) + sum(n for s, n in b["statuses"].items() if s != "200") for b in blocks)
 
 
 def main() -> None:
@@ -103,9 +171,11 @@ def main() -> None:
     started = time.time()
     result: dict[str, Any] = {"benchmark": "server_throughput", "machine": L.machine_info(),
                               "package": str(args.package), "client": args.client,
-                              "durations_s": {"engine": ENGINE_S * scale, "server_c8": SERVER_C8_S * scale,
-                                              "latency_c1": LATENCY_C1_S * scale, "batching_c16": BATCHING_C16_S * scale,
-                                              "warmup": WARMUP_S},
+                              "durations_s": {"survey": SURVEY_S * scale, "rounds": ROUNDS,
+                                              "throughput_block": THROUGHPUT_BLOCK_S * scale,
+                                              "latency_block": LATENCY_BLOCK_S * scale,
+                                              "reference": REFERENCE_S * scale, "batching_c16": BATCHING_C16_S * scale,
+                                              "server_warmup_per_block": WARMUP_S},
                               "machine_before_start": quiet}
 
     with tempfile.TemporaryDirectory(prefix="inferd-bench-") as tmp:
@@ -115,46 +185,45 @@ def main() -> None:
         result["payloads"] = {"binary": [{k: p[k] for k in ("image", "bytes")} for p in binary],
                               "jpeg": [{k: p[k] for k in ("image", "bytes")} for p in jpeg]}
 
-        # (a) engine only, no server running
-        from inferd.io import preprocess_image
-        from inferd.package import ModelPackage
-        from inferd.types import ImageType
+        print("(a) engine only ...", flush=True)
+        engine = Engine(args.package, list(L.photos_as_jpeg().values()))
+        survey = {mode: summarized(engine.run(mode, SURVEY_S * scale)) for mode in engine.modes}
+        result["engine"] = {"load_info": engine.load_info(), "survey": survey}
 
-        spec = ModelPackage.load(args.package).manifest.inputs[0]
-        assert isinstance(spec, ImageType)
-        tensors = [preprocess_image(j, spec)[None] for j in L.photos_as_jpeg().values()]
-        print("engine only ...", flush=True)
-        engine = engine_phase(args.package, tensors, ENGINE_S * scale)
-        gc.collect()
-        result["engine"] = engine
+        def fastest(prefix: str) -> str:
+            return max((m for m in survey if m.startswith(prefix)), key=lambda m: survey[m]["images_per_s"])
+
+        best_tensor, best_jpeg = fastest("predict"), fastest("jpeg")
 
         def load(server: L.Server, payloads: list[dict[str, Any]], concurrency: int, seconds: float,
                  client: str = args.client) -> dict[str, Any]:
             spec = L.closed_spec(f"{server.url}/v2/models/{L.MODEL}/infer", payloads, concurrency, seconds * scale,
-                                 warmup_s=WARMUP_S, client=client)
+                                 warmup_s=2.0, client=client)
             return L.run_load(spec, work, server)
 
+        def rounds(mode: str, server: L.Server, payloads: list[dict[str, Any]], concurrency: int,
+                   block_s: float) -> dict[str, Any]:
+            return interleaved(engine, mode, server, payloads, concurrency, block_s * scale, ROUNDS, work, args.client)
+
         servers: dict[str, Any] = {}
-        # (b) and (d, batch 8): dynamic batching on
-        print("server --max-batch-size 8 --max-queue-delay-ms 2 ...", flush=True)
+        print(f"(b) concurrency 8 against {best_tensor} and {best_jpeg}, interleaved ...", flush=True)
         with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=2) as server:
             servers["batch8_delay2"] = server.describe()
-            result["server_c8_binary"] = load(server, binary, 8, SERVER_C8_S)
-            result["server_c8_jpeg"] = load(server, jpeg, 8, SERVER_C8_S)
+            result["c8_binary"] = rounds(best_tensor, server, binary, 8, THROUGHPUT_BLOCK_S)
+            result["c8_jpeg"] = rounds(best_jpeg, server, jpeg, 8, THROUGHPUT_BLOCK_S)
             if args.client != "aiohttp":
-                result["server_c8_binary_aiohttp"] = load(server, binary, 8, SERVER_C8_S, client="aiohttp")
+                result["c8_binary_aiohttp"] = load(server, binary, 8, REFERENCE_S, client="aiohttp")
             c16_batch8 = load(server, binary, 16, BATCHING_C16_S)
-        # (c) one request at a time, no batching delay
-        print("server --max-queue-delay-ms 0, concurrency 1 ...", flush=True)
+        print("(c) concurrency 1 against batch 1, interleaved ...", flush=True)
         with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=0) as server:
             servers["batch8_delay0"] = server.describe()
-            result["server_c1_binary_delay0"] = load(server, binary, 1, LATENCY_C1_S)
-        # (d) batching off, and batch 16
-        print("server --max-batch-size 1, concurrency 16 ...", flush=True)
+            result["c1_binary"] = rounds("predict_batch1", server, binary, 1, LATENCY_BLOCK_S)
+            result["c1_jpeg"] = rounds("jpeg_batch1", server, jpeg, 1, LATENCY_BLOCK_S)
+        engine.close()
+        print("(d) concurrency 16 with batching off, and at batch 16 ...", flush=True)
         with L.Server(repository, work, max_batch_size=1, max_queue_delay_ms=0) as server:
             servers["batch1"] = server.describe()
             c16_batch1 = load(server, binary, 16, BATCHING_C16_S)
-        print("server --max-batch-size 16 --max-queue-delay-ms 2, concurrency 16 ...", flush=True)
         with L.Server(repository, work, max_batch_size=16, max_queue_delay_ms=2) as server:
             servers["batch16_delay2"] = server.describe()
             c16_batch16 = load(server, binary, 16, BATCHING_C16_S)
@@ -162,10 +231,6 @@ def main() -> None:
         result["batching_c16"] = {"max_batch_size_1": c16_batch1, "max_batch_size_8": c16_batch8,
                                   "max_batch_size_16": c16_batch16}
 
-    engine_best_name, engine_best = max(
-        ((k, v["images_per_s"]) for k, v in engine.items() if k.startswith("predict")), key=lambda kv: kv[1])
-    engine_b1_p50 = engine["predict_batch1"]["latency_ms"]["p50"]
-    server_c1_p50 = result["server_c1_binary_delay0"]["latency_ms"]["p50"]
     t1 = c16_batch1["throughput_rps"]
 
     def c16(run: dict[str, Any]) -> dict[str, Any]:
@@ -173,24 +238,25 @@ def main() -> None:
                 "p99_ms": run["latency_ms"]["p99"], "mean_batch_size": run["batching"]["mean_batch_size"],
                 "throughput_vs_batch1": round(run["throughput_rps"] / t1, 3) if t1 else None}
 
+    def throughput(run: dict[str, Any]) -> dict[str, Any]:
+        return {k: run[k] for k in ("engine_mode", "engine_images_per_s", "server_rps", "server_over_engine")}
+
+    def latency(run: dict[str, Any]) -> dict[str, Any]:
+        return {"engine_p50_ms": run["engine_latency_ms"]["p50"], "server_p50_ms": run["server_latency_ms"]["p50"],
+                "added_latency_p50_ms": run["added_latency_p50_ms"]}
+
+    reference = result.get("c8_binary_aiohttp")
     result["summary"] = {
-        "engine_best_images_per_s": engine_best, "engine_best_mode": engine_best_name,
-        "engine_batch1_images_per_s": engine["predict_batch1"]["images_per_s"],
-        "server_c8_binary_rps": result["server_c8_binary"]["throughput_rps"],
-        "server_c8_jpeg_rps": result["server_c8_jpeg"]["throughput_rps"],
-        "server_c8_binary_over_engine_best": round(result["server_c8_binary"]["throughput_rps"] / engine_best, 3),
-        "server_c8_binary_aiohttp_over_engine_best": round(
-            result.get("server_c8_binary_aiohttp", result["server_c8_binary"])["throughput_rps"] / engine_best, 3),
-        "server_c8_jpeg_over_engine_best": round(result["server_c8_jpeg"]["throughput_rps"] / engine_best, 3),
-        "engine_batch1_p50_ms": engine_b1_p50,
-        "server_c1_p50_ms": server_c1_p50,
-        "added_latency_p50_ms": round(server_c1_p50 - engine_b1_p50, 3),
-        "batching_c16": {"max_batch_size_1": c16(c16_batch1), "max_batch_size_8": c16(c16_batch8),
-                         "max_batch_size_16": c16(c16_batch16)},
-        "client_cpu_ms_per_request_c8_binary": result["server_c8_binary"]["client_cpu_ms_per_request"],
-        "failed_requests": sum(sum(r["errors"].values()) + sum(n for s, n in r["statuses"].items() if s != "200")
-                               for r in (result["server_c8_binary"], result["server_c8_jpeg"],
-                                         result["server_c1_binary_delay0"], c16_batch1, c16_batch8, c16_batch16)),
+        "c8_binary": throughput(result["c8_binary"]),
+        "c8_jpeg": throughput(result["c8_jpeg"]),
+        "c8_binary_aiohttp_rps": reference["throughput_rps"] if reference else None,
+        "c1_binary": latency(result["c1_binary"]),
+        "c1_jpeg": latency(result["c1_jpeg"]),
+        "batching_c16": {name: c16(run) for name, run in result["batching_c16"].items()},
+        "engine_survey_images_per_s": {mode: run["images_per_s"] for mode, run in survey.items()},
+        "failed_requests": sum(failures(run) for run in (
+            result["c8_binary"], result["c8_jpeg"], result["c1_binary"], result["c1_jpeg"],
+            *([reference] if reference else []), c16_batch1, c16_batch8, c16_batch16)),
     }
     result["total_wall_s"] = round(time.time() - started, 1)
     result["loadavg_at_end"] = list(os.getloadavg())
@@ -198,18 +264,17 @@ def main() -> None:
 
     s = result["summary"]
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores; client {args.client}")
-    print(f"engine only:   batch1 {engine['predict_batch1']['images_per_s']:.1f} img/s "
-          f"(p50 {engine_b1_p50:.2f} ms), batch8 predict {engine['predict_batch8']['images_per_s']:.1f} img/s, "
-          f"predict_batch(8) {engine['predict_batch_8_examples']['images_per_s']:.1f} img/s")
-    for key, label in (("server_c8_binary", "binary"), ("server_c8_jpeg", "jpeg")):
-        run = result[key]
-        print(f"server c8 {label:6s}: {run['throughput_rps']:.1f} req/s = "
-              f"{run['throughput_rps'] / engine_best:.2f}x engine best; p50 {run['latency_ms']['p50']:.1f} ms, "
-              f"p99 {run['latency_ms']['p99']:.1f} ms; mean batch {run['batching']['mean_batch_size']}; "
-              f"cpu server {run['cpu']['server_cpu_s']:.1f} s, client {run['cpu']['client_cpu_s']:.1f} s, "
-              f"other {run['cpu']['other_processes_cpu_s']:.1f} s over {run['cpu']['wall_s']:.0f} s")
-    print(f"added latency (c1, delay 0): server p50 {server_c1_p50:.2f} ms - engine p50 {engine_b1_p50:.2f} ms "
-          f"= {s['added_latency_p50_ms']:.2f} ms")
+    print("engine survey (img/s): " + ", ".join(f"{m} {r}" for m, r in s["engine_survey_images_per_s"].items()))
+    for key in ("c8_binary", "c8_jpeg"):
+        row = s[key]
+        print(f"{key:9s}: server {row['server_rps']:.1f} req/s vs {row['engine_mode']} "
+              f"{row['engine_images_per_s']:.1f} img/s = {row['server_over_engine']:.3f}x (interleaved)")
+    if reference:
+        print(f"c8 binary with aiohttp: {reference['throughput_rps']:.1f} req/s")
+    for key in ("c1_binary", "c1_jpeg"):
+        row = s[key]
+        print(f"{key:9s}: server p50 {row['server_p50_ms']:.2f} ms - engine p50 {row['engine_p50_ms']:.2f} ms "
+              f"= {row['added_latency_p50_ms']:.2f} ms added (interleaved)")
     for name, row in s["batching_c16"].items():
         print(f"c16 {name:18s}: {row['throughput_rps']:.1f} req/s ({row['throughput_vs_batch1']}x), "
               f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, mean batch {row['mean_batch_size']}")
