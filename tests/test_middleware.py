@@ -208,11 +208,14 @@ async def test_app_answer_to_a_cut_body_gives_way_to_413() -> None:
 def test_request_id_echoed_or_generated(plain: Live) -> None:
     given = httpx.post(f"{plain.url}/v2/models/m/infer", headers={"X-Request-ID": "abc-123"})
     assert given.headers["X-Request-ID"] == "abc-123" and given.json()["request_id"] == "abc-123"
-    for headers in ({}, {"X-Request-ID": "forged\tline " + "x" * 200}):
+    generated_ids = set()
+    for headers in ({}, {}, {"X-Request-ID": "forged\tline " + "x" * 200}):
         generated = httpx.post(f"{plain.url}/v2/models/m/infer", headers=headers)
         request_id = generated.headers["X-Request-ID"]
         assert len(request_id) == 32 and int(request_id, 16) >= 0
         assert generated.json()["request_id"] == request_id
+        generated_ids.add(request_id)
+    assert len(generated_ids) == 3
 
 
 def test_access_log_line_per_request(plain: Live, caplog: pytest.LogCaptureFixture) -> None:

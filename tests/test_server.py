@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -102,3 +107,47 @@ def test_openapi_documents_both_faces(server: LiveServer) -> None:
     assert list(paths["/v2/models/{model}/infer"]) == ["post"]
     docs = httpx.get(f"{server.url}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+# -- a client that leaves ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def patient_server(default_repository: Path) -> Iterator[LiveServer]:
+    """A lone request waits 3 s for company, so a client can leave while it is still queued."""
+    from inferd.serve import ServerSettings
+    from inferd.serve.serving_config import ServingConfig
+
+    settings = ServerSettings(repository=default_repository, default_model="efficientnet-lite0",
+                              models=ServingConfig(max_batch_size=8, max_queue_delay_ms=3000))
+    with LiveServer(settings) as live:
+        yield live
+
+
+def _queue_depth(server: LiveServer) -> float:
+    metrics = httpx.get(f"{server.url}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("inferd_queue_depth{") and 'model="efficientnet-lite0"' in line)
+
+
+def test_a_client_that_leaves_is_dropped_from_the_queue(patient_server: LiveServer) -> None:
+    tensor = np.zeros((1, 3, 224, 224), dtype=np.float32).tobytes()
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": len(tensor)}}]}).encode()
+    head = (f"POST /v2/models/efficientnet-lite0/infer HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Length: {len(header) + len(tensor)}\r\nInference-Header-Content-Length: {len(header)}\r\n\r\n")
+    executed_before = httpx.get(f"{patient_server.url}/v2/models/efficientnet-lite0/stats").json()[
+        "model_stats"][0]["execution_count"]
+    with socket.create_connection(("127.0.0.1", patient_server.port)) as connection:
+        connection.sendall(head.encode() + header + tensor)
+        deadline = time.monotonic() + 3
+        while _queue_depth(patient_server) < 1:
+            assert time.monotonic() < deadline, "the request never queued"
+            time.sleep(0.02)
+    left = time.monotonic()
+    while _queue_depth(patient_server) > 0:
+        assert time.monotonic() - left < 2, "the request stayed queued after its client left"
+        time.sleep(0.02)
+    time.sleep(3)  # past the queue delay: a request still queued would have run by now
+    stats = httpx.get(f"{patient_server.url}/v2/models/efficientnet-lite0/stats").json()["model_stats"][0]
+    assert stats["execution_count"] == executed_before

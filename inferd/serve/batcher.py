@@ -42,8 +42,9 @@ from inferd.errors import DeadlineExceeded, InferdError, NotReady, Overloaded
 from inferd.runtime.compiled import CompiledModel
 from inferd.serve.malloc import MemoryTrimmer
 
-DISCONNECT_POLL_S = 0.05
-"""How often a waiting request asks whether its client is still there (a cheap, non-blocking check)."""
+WATCH_AFTER_S = 0.05
+"""How long a request waits before it starts watching for its client to leave: most are answered sooner,
+and for them watching would cost more than it could save."""
 
 _COMPUTE_SMOOTHING = 0.2
 """Weight of the newest batch in the moving average of compute time behind the Retry-After estimate."""
@@ -189,13 +190,14 @@ class DynamicBatcher:
         feeds: Mapping[str, np.ndarray],
         *,
         deadline: float | None = None,
-        disconnected: Callable[[], Awaitable[bool]] | None = None,
+        disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> Outputs:
         """The model's outputs for `feeds`, computed in a batch with whatever else is queued.
 
         `deadline` is a `time.monotonic()` instant; it bounds the time in the queue
         only, because once a batch runs its result is on the way and abandoning it
-        would save nothing.
+        would save nothing. `disconnected` returns when the client has gone; a
+        request still waiting then is dropped with ClientDisconnected.
         """
         checked = self.inputs.check(feeds)
         self.admit()
@@ -243,28 +245,46 @@ class DynamicBatcher:
             raise RuntimeError("a DynamicBatcher serves the event loop of its first submit(); build one per loop")
         return loop
 
-    async def _wait(self, request: _Request, disconnected: Callable[[], Awaitable[bool]] | None) -> Outputs:
-        """Wait for the result, waking only to enforce the queue deadline or to poll for a gone client."""
+    async def _wait(self, request: _Request, disconnected: Callable[[], Awaitable[object]] | None) -> Outputs:
+        """Await the result; timers, not a polling loop, enforce the queue deadline and notice a gone client.
+
+        Timer callbacks cost the event loop nothing until they fire, and most
+        requests are answered before either would.
+        """
+        assert self._loop is not None
+        loop, timers = self._loop, []
+        watch: asyncio.Task[object] | None = None
+        if request.deadline is not None:
+            timers.append(loop.call_later(request.deadline - time.monotonic(), self._expire, request))
+
+        def start_watching() -> None:
+            nonlocal watch
+            assert disconnected is not None
+            watch = loop.create_task(_returned(disconnected))
+            watch.add_done_callback(partial(self._client_left, request))
+
+        if disconnected is not None:
+            timers.append(loop.call_later(WATCH_AFTER_S, start_watching))
         try:
-            while not request.future.done():
-                await asyncio.wait((request.future,), timeout=self._wake_after(request, disconnected is not None))
-                if request.future.done():
-                    break
-                now = time.monotonic()
-                if request in self._queue and request.expired(now):
-                    self._fail_queued(request, self._deadline_error(request, now))
-                elif disconnected is not None and await disconnected():
-                    raise ClientDisconnected(f"the client left before model {self.model.name!r} answered")
-        except BaseException:  # cancelled, disconnected, or a failing `disconnected` check: nobody takes the result
+            return await request.future
+        except BaseException:  # cancelled, or the client left: nobody takes the result
             self._abandon(request)
             raise
-        return request.future.result()
+        finally:
+            for timer in timers:
+                timer.cancel()
+            if watch is not None:
+                watch.cancel()
 
-    def _wake_after(self, request: _Request, polling: bool) -> float | None:
-        timeouts = [DISCONNECT_POLL_S] if polling else []
-        if request.deadline is not None and request in self._queue:
-            timeouts.append(max(0.0, request.deadline - time.monotonic()))
-        return min(timeouts, default=None)
+    def _expire(self, request: _Request) -> None:
+        if request in self._queue:
+            self._fail_queued(request, self._deadline_error(request, time.monotonic()))
+
+    def _client_left(self, request: _Request, watch: asyncio.Task[object]) -> None:
+        if watch.cancelled() or request.future.done():
+            return
+        error = watch.exception() or ClientDisconnected(f"the client left before model {self.model.name!r} answered")
+        request.future.set_exception(error)
 
     def _abandon(self, request: _Request) -> None:
         """Forget a request nobody waits for; if it already runs, its result is simply dropped."""
@@ -420,6 +440,10 @@ class DynamicBatcher:
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         self._executor.shutdown(wait=False)
+
+
+async def _returned(disconnected: Callable[[], Awaitable[object]]) -> None:
+    await disconnected()
 
 
 def _rows(feeds: Mapping[str, np.ndarray]) -> int:

@@ -44,7 +44,7 @@ def decode_batch(model: CompiledModel, images: Sequence[bytes], max_pixels: int)
 
 async def classify(
     entry: ModelEntry, images: Sequence[bytes], *, k: int, max_pixels: int,
-    timeout_s: float | None = None, disconnected: Callable[[], Awaitable[bool]] | None = None,
+    timeout_s: float | None = None, disconnected: Callable[[], Awaitable[object]] | None = None,
 ) -> list[list[Prediction]]:
     """Top-k labels for each image: decode on a worker thread, infer through the model's dynamic batcher."""
     model = entry.model

@@ -8,11 +8,12 @@ read headers and wrap `receive` and `send`.
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,11 +123,17 @@ class RequestIdMiddleware:
         }))
 
 
+# Generated ids: 32 hex digits, a random half per process and a counter, unique without asking the
+# kernel for randomness on every request as uuid4 does (1.5 % of the event loop's time at concurrency 8).
+_ID_PREFIX = secrets.token_hex(8)
+_id_counter = itertools.count()
+
+
 def _request_id(scope: Scope) -> str:
     given = _header(scope, REQUEST_ID_HEADER)
     if given is not None and _VALID_REQUEST_ID.fullmatch(given):
         return given.decode("ascii")
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def _model_of(scope: Scope) -> tuple[str, str]:

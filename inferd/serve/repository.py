@@ -113,7 +113,7 @@ class ModelEntry:
 
     async def infer(
         self, feeds: Mapping[str, np.ndarray], *, timeout_s: float | None = None,
-        disconnected: Callable[[], Awaitable[bool]] | None = None,
+        disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run through the dynamic batcher with the request's deadline (or the model's default)."""
         self.last_used = time.monotonic()

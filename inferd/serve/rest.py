@@ -18,6 +18,7 @@ from inferd.errors import InvalidInput, ModelNotFound
 from inferd.io import Prediction, texts_from
 from inferd.runtime import CompiledModel
 from inferd.serve import text
+from inferd.serve.disconnect import when_client_gone
 from inferd.serve.images import classify
 from inferd.serve.repository import ModelRepository
 from inferd.serve.settings import ServerSettings
@@ -137,7 +138,7 @@ async def _predict_one(
     data = await image.read()
     (predictions,) = await classify(
         entry, [data], k=top_k, max_pixels=settings.max_image_pixels,
-        timeout_s=timeout_ms / 1000 if timeout_ms else None, disconnected=request.is_disconnected,
+        timeout_s=timeout_ms / 1000 if timeout_ms else None, disconnected=when_client_gone(request),
     )
     return PredictResponse(model=entry.name, version=entry.version, predictions=_labels(predictions),
                            latency_ms=(time.perf_counter() - started) * 1000)
@@ -172,7 +173,7 @@ async def predict_batch(
         raise InvalidInput(f"{len(images)} images in one batch; send at most {MAX_ITEMS_PER_REQUEST} per request")
     payloads = [await upload.read() for upload in images]
     ranked = await classify(entry, payloads, k=top_k, max_pixels=settings.max_image_pixels,
-                            timeout_s=timeout_ms / 1000 if timeout_ms else None, disconnected=request.is_disconnected)
+                            timeout_s=timeout_ms / 1000 if timeout_ms else None, disconnected=when_client_gone(request))
     return BatchResponse(
         model=entry.name, version=entry.version,
         results=[BatchItem(filename=upload.filename, predictions=_labels(p)) for upload, p in zip(images, ranked, strict=True)],
@@ -212,7 +213,7 @@ async def _embed(request: Request, name: str, timeout_ms: float | None) -> Embed
     entry.batcher.admit()
     texts = _texts(await request.body())
     embeddings = await text.embed(entry, texts, timeout_s=timeout_ms / 1000 if timeout_ms else None,
-                                  disconnected=request.is_disconnected)
+                                  disconnected=when_client_gone(request))
     return EmbedResponse(model=entry.name, version=entry.version, embeddings=embeddings.tolist(),
                          dim=int(embeddings.shape[1]), latency_ms=(time.perf_counter() - started) * 1000)
 

@@ -94,7 +94,7 @@ class TextInputs:
 
 async def embed(
     entry: ModelEntry, texts: Sequence[str], *, timeout_s: float | None = None,
-    disconnected: Callable[[], Awaitable[bool]] | None = None,
+    disconnected: Callable[[], Awaitable[object]] | None = None,
 ) -> np.ndarray:
     """One embedding row per text, through the model's dynamic batcher; the model must have a single output."""
     spec = text_spec(entry.model)

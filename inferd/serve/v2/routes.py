@@ -20,6 +20,7 @@ from starlette.routing import Route
 from inferd import __version__
 from inferd.errors import InvalidInput, NotReady
 from inferd.io import top_k
+from inferd.serve.disconnect import when_client_gone
 from inferd.serve.images import decode_batch
 from inferd.serve.repository import ModelEntry, ModelRepository
 from inferd.serve.v2.codec import (
@@ -180,7 +181,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     decoded = decode_request(body, request.headers.get(INFERENCE_HEADER))
     settings = request.app.state.settings
     feeds = await _feeds(entry, decoded, settings.max_image_pixels)
-    outputs = await entry.infer(feeds, timeout_s=_timeout_s(decoded), disconnected=request.is_disconnected)
+    outputs = await entry.infer(feeds, timeout_s=_timeout_s(decoded), disconnected=when_client_gone(request))
     response = InferResponse(
         model_name=entry.name, model_version=entry.version, id=decoded.id,
         outputs=_requested_outputs(entry, decoded, outputs),
