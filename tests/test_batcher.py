@@ -256,6 +256,20 @@ async def test_cancelled_waiter_leaves_the_queue(model: CompiledModel, photos: n
     assert seen.batches == []
 
 
+async def test_misaligned_views_of_a_body_are_served(model: CompiledModel, photos: np.ndarray, make: Make) -> None:
+    """The V2 codec hands out unaligned views of request bodies; alone or merged, they must give the right answer."""
+    batcher, seen = make(model, max_queue_delay_ms=50)
+    bodies = [b"\0" + photos[i : i + 1].astype("<f4").tobytes() for i in range(2)]
+    views = [np.frombuffer(body, dtype="<f4", offset=1).reshape(photos[:1].shape) for body in bodies]
+    assert not any(view.flags.aligned for view in views)
+    alone = await batcher.submit({"image": views[0]})
+    merged = await asyncio.gather(*(batcher.submit({"image": view}) for view in views))
+    expected = model.predict({"image": photos[:2]})["logits"]
+    np.testing.assert_allclose(alone["logits"], expected[:1], atol=1e-3)
+    np.testing.assert_allclose(np.concatenate([m["logits"] for m in merged]), expected, atol=1e-3)
+    assert seen.batches == [(1, 1), (2, 2)]
+
+
 async def test_disconnected_client_is_dropped(model: CompiledModel, photos: np.ndarray, make: Make) -> None:
     batcher, seen = make(model, max_queue_delay_ms=10_000)
 

@@ -42,7 +42,7 @@ from inferd.errors import DeadlineExceeded, InferdError, NotReady, Overloaded
 from inferd.runtime.compiled import CompiledModel
 from inferd.serve.malloc import MemoryTrimmer
 
-WATCH_AFTER_S = 0.05
+WATCH_AFTER_S = 0.25
 """How long a request waits before it starts watching for its client to leave: most are answered sooner,
 and for them watching would cost more than it could save."""
 
@@ -459,11 +459,14 @@ def _execute(model: CompiledModel, requests: list[dict[str, np.ndarray]]) -> tup
     """On a worker thread: stack, run, and split the outputs back by each request's rows.
 
     Stacking and splitting happen here rather than on the event loop because
-    copying megabytes of pixels would stall every other request for that long.
+    copying megabytes of pixels would stall every other request for that long;
+    so does aligning a lone request's arrays, which may be unaligned views of
+    its body (engines may read them with aligned loads).
     """
     if len(requests) == 1:
+        feeds = {name: value if value.flags.aligned else value.copy() for name, value in requests[0].items()}
         started = time.perf_counter()
-        outputs = model.engine.infer(requests[0])
+        outputs = model.engine.infer(feeds)
         return [outputs], time.perf_counter() - started
     stacked = {name: np.concatenate([feeds[name] for feeds in requests]) for name in requests[0]}
     started = time.perf_counter()

@@ -8,8 +8,9 @@ Decisions worth knowing:
 * Every malformed request raises `InvalidInput` naming the input, what is wrong and how to fix it; a shape
   over `max_elements` raises `PayloadTooLarge` before anything is allocated.
 * JSON `null` for an optional field (`id`, `parameters`, `outputs`, `data`, ...) means the field is absent.
-* Arrays taken from the binary part are read-only, zero-copy views of the request body (copied only when
-  misaligned); copy them before writing in place.
+* Arrays taken from the binary part are read-only, zero-copy views of the request body, and may be
+  misaligned (the JSON part before them has any length): the batcher copies what it hands to an engine,
+  on its worker thread, by merging requests into one batch or, for a lone request, by aligning it.
 * `binary_data_size` and `binary_data` are transport details: they are lifted out of the decoded `parameters`,
   so a JSON request and its binary twin decode to the same objects.
 * Non-finite floats in JSON responses are written as the strings "NaN", "Infinity" and "-Infinity" (the
@@ -375,9 +376,8 @@ def _from_binary(name: str, datatype: str, shape: tuple[int, ...], count: int, c
         )
     if datatype == "BOOL":
         return _bools_from_binary(name, chunk).reshape(shape)
-    array = np.frombuffer(chunk, dtype=dtype.newbyteorder("<"))
-    # Copy only when misaligned (or, on big-endian hosts, to swap bytes): some consumers refuse unaligned data.
-    return array.astype(dtype, copy=not array.flags.aligned).reshape(shape)
+    # A view, except on big-endian hosts, where the bytes must be swapped.
+    return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
 
 
 def _bools_from_binary(name: str, chunk: memoryview) -> np.ndarray:
