@@ -16,7 +16,10 @@ queued while every execution slot was busy leaves together.
 
 Everything but the engine call happens on one event loop, so the queue needs no
 locks; the engine call (with the concatenation and splitting around it) runs on
-a small thread pool because the backends release the GIL.
+a small thread pool because the backends release the GIL. Dispatching is plain
+callbacks, not a task: a request that may leave at once leaves inside its
+`submit`, and a finished batch hands its slot on from its completion callback,
+without waking anything in between (each wake costs tens of microseconds).
 
 What a request carries and how requests merge is the model's `BatchInputs`:
 tensors by default (merged when their non-batch shapes match, by concatenation);
@@ -27,6 +30,7 @@ a text model's requests carry strings instead, tokenized per merged batch (see
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import math
 import time
@@ -164,14 +168,14 @@ class DynamicBatcher:
         self._queue: dict[_Request, None] = {}
         self._executor = ThreadPoolExecutor(max_workers=config.executions, thread_name_prefix=f"inferd-batch-{model.name}")
         self._trimmer = MemoryTrimmer()
-        self._running: set[asyncio.Future[tuple[list[Outputs], float]]] = set()
+        self._free_slots = config.executions
+        self._batches_running = 0
         self._rows_in_flight = 0
         self._compute_s: float | None = None
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._dispatcher: asyncio.Task[None] | None = None
-        self._changed: asyncio.Event | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._delay_timer: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Future[None] | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -211,7 +215,7 @@ class DynamicBatcher:
         if request.expired(now):
             raise self._deadline_error(request, now)
         self._queue[request] = None
-        self._notify()
+        self._dispatch()
         return await self._wait(request, disconnected)
 
     def admit(self) -> None:
@@ -237,10 +241,6 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
-            self._changed = asyncio.Event()
-            self._slots = asyncio.Semaphore(self.config.executions)
-            self._dispatcher = loop.create_task(self._dispatch_forever(), name=f"inferd-batcher-{self.model.name}")
-            self._dispatcher.add_done_callback(self._dispatcher_stopped)
         elif loop is not self._loop:
             raise RuntimeError("a DynamicBatcher serves the event loop of its first submit(); build one per loop")
         return loop
@@ -279,6 +279,7 @@ class DynamicBatcher:
     def _expire(self, request: _Request) -> None:
         if request in self._queue:
             self._fail_queued(request, self._deadline_error(request, time.monotonic()))
+            self._dispatch()
 
     def _client_left(self, request: _Request, watch: asyncio.Task[object]) -> None:
         if watch.cancelled() or request.future.done():
@@ -290,12 +291,12 @@ class DynamicBatcher:
         """Forget a request nobody waits for; if it already runs, its result is simply dropped."""
         if request in self._queue:
             del self._queue[request]
-            self._notify()
+            self._dispatch()
         request.future.cancel()
 
     def _fail_queued(self, request: _Request, error: BaseException) -> None:
+        """Take a request out of the queue with an error; the caller dispatches, as the queue's head may change."""
         del self._queue[request]
-        self._notify()
         if not request.future.done():
             request.future.set_exception(error)
 
@@ -306,42 +307,32 @@ class DynamicBatcher:
             f"the deadline was {(request.deadline - request.enqueued) * 1000:.1f} ms after it arrived"
         )
 
-    def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-
     # -- dispatching ---------------------------------------------------------------------------
 
-    async def _dispatch_forever(self) -> None:
-        """Take a free execution slot, then form the best batch the queue allows, until closed and drained."""
-        assert self._slots is not None
-        while True:
-            await self._slots.acquire()
-            batch = await self._next_batch()
-            if batch is None:
-                self._slots.release()
-                return
-            self._launch(batch)
+    def _dispatch(self) -> None:
+        """Launch every batch that free execution slots and the queue allow now, oldest request first.
 
-    async def _next_batch(self) -> list[_Request] | None:
-        assert self._changed is not None
-        while True:
-            self._changed.clear()  # before looking, so any later change wakes the wait below
-            now = time.monotonic()
-            self._expire_queued(now)
-            if not self._queue:
-                if self._closing:
-                    return None
-                await self._changed.wait()
-                continue
+        Called whenever that may have changed: a request queued or left, a batch
+        finished, the oldest request's delay ran out. A batch that may still wait
+        for company sets a timer for the end of its delay instead.
+        """
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+            self._delay_timer = None
+        now = time.monotonic()
+        self._expire_queued(now)
+        while self._free_slots and self._queue:
             first = next(iter(self._queue))
             batch, ready = self._select(first)
             # Nothing can join once closing, so waiting out the delay would only slow the drain.
             remaining = 0.0 if ready or self._closing else first.enqueued + self._delay_s - now
-            if remaining <= 0:
-                return batch
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+            if remaining > 0:
+                assert self._loop is not None
+                self._delay_timer = self._loop.call_later(remaining, self._dispatch)
+                break
+            self._launch(batch)
+        if self._drained is not None and not self._drained.done() and not self._queue and not self._batches_running:
+            self._drained.set_result(None)
 
     def _expire_queued(self, now: float) -> None:
         """Fail requests past their deadline here too, as their own timers may not have fired yet."""
@@ -381,10 +372,16 @@ class DynamicBatcher:
                 self.observer.on_dequeued(now - request.enqueued)
         rows = sum(request.rows for request in batch)
         self._rows_in_flight += rows
-        assert self._loop is not None
-        running = self._loop.run_in_executor(self._executor, self._run, [r.feeds for r in batch])
-        self._running.add(running)
-        running.add_done_callback(partial(self._finish, batch, rows))
+        self._free_slots -= 1
+        self._batches_running += 1
+        loop = self._loop
+        assert loop is not None
+
+        def finished(running: concurrent.futures.Future[tuple[list[Outputs], float]]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to answer
+                loop.call_soon_threadsafe(self._finish, batch, rows, running)
+
+        self._executor.submit(self._run, [r.feeds for r in batch]).add_done_callback(finished)
 
     def _run(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]:
         """On a worker thread: the batch, then the freed memory of earlier batches back to the system."""
@@ -394,12 +391,20 @@ class DynamicBatcher:
             self._trimmer.trim()
 
     def _finish(
-        self, batch: list[_Request], rows: int, running: asyncio.Future[tuple[list[Outputs], float]]
+        self, batch: list[_Request], rows: int, running: concurrent.futures.Future[tuple[list[Outputs], float]]
     ) -> None:
-        assert self._slots is not None
-        self._running.discard(running)
+        """On the event loop: answer the batch's requests, then give its slot to whatever queued meanwhile."""
         self._rows_in_flight -= rows
-        self._slots.release()
+        self._free_slots += 1
+        self._batches_running -= 1
+        try:
+            self._answer(batch, rows, running)
+        finally:
+            self._dispatch()
+
+    def _answer(
+        self, batch: list[_Request], rows: int, running: concurrent.futures.Future[tuple[list[Outputs], float]]
+    ) -> None:
         error = running.exception()
         if error is not None:
             # An engine failure is a server fault shared by the whole batch; every request sees it as raised.
@@ -417,14 +422,6 @@ class DynamicBatcher:
             if not request.future.done():
                 request.future.set_result(outputs)
 
-    def _dispatcher_stopped(self, task: asyncio.Task[None]) -> None:
-        """Fail queued requests if the dispatcher died, so none waits for a batch that will never form."""
-        if task.cancelled() or task.exception() is not None:
-            self._closing = True
-            error = NotReady(f"the batcher of model {self.model.name!r} stopped; retry shortly")
-            for request in list(self._queue):
-                self._fail_queued(request, error)
-
     # -- shutting down -------------------------------------------------------------------------
 
     async def close(self, drain: bool = True) -> None:
@@ -434,11 +431,10 @@ class DynamicBatcher:
             error = NotReady(f"model {self.model.name!r} is shutting down; retry shortly")
             for request in list(self._queue):
                 self._fail_queued(request, error)
-        self._notify()
-        if self._dispatcher is not None:
-            await asyncio.gather(self._dispatcher, return_exceptions=True)
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._loop is not None:
+            self._drained = self._loop.create_future()
+            self._dispatch()  # closing: everything queued leaves now, as slots free up
+            await self._drained
         self._executor.shutdown(wait=False)
 
 
