@@ -6,11 +6,12 @@ it rarely returns: under a 4x overload the server's RSS rose 36 MiB in its first
 second and stayed there, and `malloc_trim` gave all of it back (in 0.2 ms).
 
 Trimming has a price in steady traffic, though: the next requests' buffers land
-on pages the kernel must fault in again: 32 faults per 600 KB request at
-concurrency 1 (about 0.1 ms on this virtual machine) and 76 at concurrency 8. So the trimmer trims only when the resident set has grown by
-more than `keep_bytes` since the last trim: a burst's surplus goes back, the
-working set of ordinary traffic stays mapped. (glibc's own count of the free
-bytes it holds cannot decide this: chunks already given back stay in it.)
+on pages the kernel must fault in again, 32 faults per 600 KB request at
+concurrency 1 (about 0.1 ms on this virtual machine) and 76 at concurrency 8.
+So the trimmer trims only when the resident set has grown by more than
+`keep_bytes` since the last trim: a burst's surplus goes back, the working set
+of ordinary traffic stays mapped. (glibc's own count of the free bytes it holds
+cannot decide this: chunks already given back stay in it.)
 """
 
 from __future__ import annotations
