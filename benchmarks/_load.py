@@ -449,6 +449,10 @@ def run_load(spec: dict[str, Any], work_dir: Path, server: Server | None = None)
     return result
 
 
+RECORD_COLUMNS = ["start_s", "latency_s", "status", "retry_after", "version", "client_error"]
+"""What each of a generator's `records` holds (ask for them with `"records": true` in the spec)."""
+
+
 def closed_spec(url: str, payloads: list[dict[str, Any]], concurrency: int, duration_s: float,
                 warmup_s: float = 2.0, **extra: Any) -> dict[str, Any]:
     return {"url": url, "payloads": payloads, "mode": "closed", "concurrency": concurrency,

@@ -115,7 +115,7 @@ def main() -> None:
         "server_still_serves": status == 200 and alive,
     }
     result["acceptance"]["passed"] = all(result["acceptance"].values())
-    result["records_columns"] = ["start_s", "latency_s", "status", "retry_after", "version", "client_error"]
+    result["records_columns"] = L.RECORD_COLUMNS
     result["records"] = records
     result["total_wall_s"] = round(time.time() - started, 1)
     L.write_json(args.out, result)

@@ -110,7 +110,7 @@ def main() -> None:
         "no_version_1_answer_started_after_swap": a["v1_answers_started_after_swap"] == 0,
     }
     result["acceptance"]["passed"] = all(result["acceptance"].values())
-    result["records_columns"] = ["start_s", "latency_s", "status", "retry_after", "version", "client_error"]
+    result["records_columns"] = L.RECORD_COLUMNS
     result["records"] = records
     result["total_wall_s"] = round(time.time() - started, 1)
     L.write_json(args.out, result)

@@ -168,7 +168,6 @@ class DynamicBatcher:
         self._queue: dict[_Request, None] = {}
         self._executor = ThreadPoolExecutor(max_workers=config.executions, thread_name_prefix=f"inferd-batch-{model.name}")
         self._trimmer = MemoryTrimmer()
-        self._free_slots = config.executions
         self._batches_running = 0
         self._rows_in_flight = 0
         self._compute_s: float | None = None
@@ -253,14 +252,14 @@ class DynamicBatcher:
         """
         assert self._loop is not None
         loop, timers = self._loop, []
-        watch: asyncio.Task[object] | None = None
+        watch: asyncio.Future[object] | None = None
         if request.deadline is not None:
             timers.append(loop.call_later(request.deadline - time.monotonic(), self._expire, request))
 
         def start_watching() -> None:
             nonlocal watch
             assert disconnected is not None
-            watch = loop.create_task(_returned(disconnected))
+            watch = asyncio.ensure_future(disconnected())
             watch.add_done_callback(partial(self._client_left, request))
 
         if disconnected is not None:
@@ -281,7 +280,7 @@ class DynamicBatcher:
             self._fail_queued(request, self._deadline_error(request, time.monotonic()))
             self._dispatch()
 
-    def _client_left(self, request: _Request, watch: asyncio.Task[object]) -> None:
+    def _client_left(self, request: _Request, watch: asyncio.Future[object]) -> None:
         if watch.cancelled() or request.future.done():
             return
         error = watch.exception() or ClientDisconnected(f"the client left before model {self.model.name!r} answered")
@@ -321,7 +320,7 @@ class DynamicBatcher:
             self._delay_timer = None
         now = time.monotonic()
         self._expire_queued(now)
-        while self._free_slots and self._queue:
+        while self._batches_running < self.config.executions and self._queue:
             first = next(iter(self._queue))
             batch, ready = self._select(first)
             # Nothing can join once closing, so waiting out the delay would only slow the drain.
@@ -372,7 +371,6 @@ class DynamicBatcher:
                 self.observer.on_dequeued(now - request.enqueued)
         rows = sum(request.rows for request in batch)
         self._rows_in_flight += rows
-        self._free_slots -= 1
         self._batches_running += 1
         loop = self._loop
         assert loop is not None
@@ -395,7 +393,6 @@ class DynamicBatcher:
     ) -> None:
         """On the event loop: answer the batch's requests, then give its slot to whatever queued meanwhile."""
         self._rows_in_flight -= rows
-        self._free_slots += 1
         self._batches_running -= 1
         try:
             self._answer(batch, rows, running)
@@ -436,10 +433,6 @@ class DynamicBatcher:
             self._dispatch()  # closing: everything queued leaves now, as slots free up
             await self._drained
         self._executor.shutdown(wait=False)
-
-
-async def _returned(disconnected: Callable[[], Awaitable[object]]) -> None:
-    await disconnected()
 
 
 def _rows(feeds: Mapping[str, np.ndarray]) -> int:
