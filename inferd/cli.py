@@ -414,6 +414,7 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted")] = 64 * 1024 * 1024,
     api_key: Annotated[str | None, typer.Option(envvar="INFERD_API_KEY", help="require this key (Bearer or X-API-Key)")] = None,
     cors_origin: Annotated[list[str] | None, typer.Option(help="allow browser calls from this origin")] = None,
+    access_log: Annotated[bool, typer.Option(help="log one JSON line per request to stderr")] = True,
     compute_units: ComputeUnitsOpt = ComputeUnit.ALL,
     precision: PrecisionOpt = Precision.AUTO,
 ) -> None:
@@ -435,7 +436,7 @@ def serve(
                              max_queue_size=max_queue_size, instances=instances, timeout_s=timeout,
                              compute_units=compute_units, precision=precision),
         max_memory_bytes=_parse_size(max_memory) if max_memory else None, max_body_bytes=max_body_bytes,
-        api_key=api_key, cors_origins=cors_origin or [],
+        api_key=api_key, cors_origins=cors_origin or [], access_log=access_log,
     )
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))

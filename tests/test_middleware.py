@@ -26,7 +26,8 @@ LIMIT = 1000
 ORIGIN = "https://ui.example"
 
 
-def build_app(metrics: ServerMetrics, *, api_key: str | None, cors_origins: list[str] | None) -> FastAPI:
+def build_app(metrics: ServerMetrics, *, api_key: str | None, cors_origins: list[str] | None,
+              log_requests: bool = True) -> FastAPI:
     app = FastAPI()
 
     @app.get("/health")
@@ -41,7 +42,8 @@ def build_app(metrics: ServerMetrics, *, api_key: str | None, cors_origins: list
     async def infer(model: str, request: Request) -> dict[str, str]:
         return {"model_name": model, "request_id": request.state.request_id}
 
-    install(app, api_key=api_key, max_body_bytes=LIMIT, cors_origins=cors_origins, metrics=metrics)
+    install(app, api_key=api_key, max_body_bytes=LIMIT, cors_origins=cors_origins, metrics=metrics,
+            log_requests=log_requests)
     return app
 
 
@@ -61,13 +63,18 @@ def secured() -> Iterator[Live]:
     yield from _serve(api_key=KEY, cors_origins=[ORIGIN])
 
 
-def _serve(*, api_key: str | None, cors_origins: list[str] | None) -> Iterator[Live]:
+@pytest.fixture(scope="module")
+def unlogged() -> Iterator[Live]:
+    yield from _serve(api_key=None, cors_origins=None, log_requests=False)
+
+
+def _serve(*, api_key: str | None, cors_origins: list[str] | None, log_requests: bool = True) -> Iterator[Live]:
     """The LiveServer pattern of conftest, for an app of our own."""
     import uvicorn
 
     metrics = ServerMetrics()
     port = free_port()
-    config = uvicorn.Config(build_app(metrics, api_key=api_key, cors_origins=cors_origins),
+    config = uvicorn.Config(build_app(metrics, api_key=api_key, cors_origins=cors_origins, log_requests=log_requests),
                             host="127.0.0.1", port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -230,6 +237,20 @@ def test_access_log_line_per_request(plain: Live, caplog: pytest.LogCaptureFixtu
     assert line["request_id"] == "log-me" and line["method"] == "POST" and line["path"] == "/v2/models/resnet/infer"
     assert line["status"] == 200 and line["model"] == "resnet" and line["bytes_in"] == 2 and line["client"] == "127.0.0.1"
     assert line["duration_ms"] > 0 and line["bytes_out"] > 0 and line["ts"].endswith("+00:00")
+
+
+def test_access_log_can_be_turned_off(unlogged: Live, caplog: pytest.LogCaptureFixture) -> None:
+    """--no-access-log: no line, while requests are still counted in the metrics."""
+    caplog.set_level(logging.INFO, logger="inferd.access")
+    for request_id in ("quiet-1", "quiet-2"):
+        response = httpx.post(f"{unlogged.url}/echo", content=b"{}", headers={"X-Request-ID": request_id})
+        assert response.status_code == 200 and response.headers["X-Request-ID"] == request_id
+    # One event loop serves both in turn: once the second is counted, the first has finished all it would log.
+    deadline = time.monotonic() + 5
+    while request_count(unlogged.metrics, model="", version="", route="/echo", status="200") < 2:
+        assert time.monotonic() < deadline, "the requests were never counted"
+        time.sleep(0.01)
+    assert not [r for r in caplog.records if r.name == "inferd.access"]
 
 
 # CORS

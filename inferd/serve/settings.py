@@ -28,4 +28,4 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
     api_key: str | None = Field(default_factory=lambda: os.environ.get("INFERD_API_KEY") or None)
     cors_origins: list[str] = Field(default_factory=list)
-    access_log: bool = True
+    access_log: bool = Field(True, description="log one JSON line per request (inferd.access logger)")
