@@ -202,3 +202,35 @@ def test_static_int8_weights_fit_int16_pairs(digits: tuple[ModelPackage, EvalSet
             assert flat.max() <= 64, name
         assert flat.max() >= 64, f"{name} wastes its range"
     assert int8.manifest.compression[-1].details["refined_layers"] == 4
+
+
+def test_static_int8_keeps_chosen_layers_float_from_one_calibration(digits: tuple[ModelPackage, EvalSet, Path]) -> None:
+    """Layers kept in float read the float weights and activations again; no calibration is repeated for them."""
+    from inferd.optimize.evaluate import fidelity
+    from inferd.optimize.int8 import StaticQuantization
+
+    package, eval_set, calibration = digits
+    quantization = StaticQuantization(package, calibration)
+    all_int8 = quantization.keeping_float()
+    layers = [node.name for node in package.onnx_model.graph.node if node.op_type in ("Conv", "Gemm")]
+    first_float = quantization.keeping_float(layers[:1])
+    all_float = quantization.keeping_float(layers)
+
+    def weight_inputs(candidate: ModelPackage) -> dict[str, str]:
+        return {node.name: node.input[1] for node in candidate.onnx_model.graph.node if node.name in layers}
+
+    floats = {node.name: node.input[1] for node in package.onnx_model.graph.node if node.name in layers}
+    assert weight_inputs(first_float)[layers[0]] == floats[layers[0]]
+    assert all(weight_inputs(first_float)[name] != floats[name] for name in layers[1:])
+    assert weight_inputs(all_float) == floats
+    assert not any(init.name.endswith("_quantized") for init in all_float.onnx_model.graph.initializer)
+    assert first_float.manifest.compression[-1].details["kept_layers"] == sorted(layers[:1])
+    # Float layers still see clipped inputs (the quantizer's dropped Relus would not), so with every layer in
+    # float only the pooling layers' uint8 inputs differ from fp32; without the Relus this was 4 dB.
+    reference = predict(package.onnx_model, eval_set)
+    assert fidelity(reference, predict(all_float.onnx_model, eval_set))["snr_db"] > 40
+    # The logits come from the last layer itself, not through a uint8 round trip.
+    producers = {output: node.op_type for node in all_int8.onnx_model.graph.node for output in node.output}
+    assert producers["logits"] == "Gemm"
+    with pytest.raises(OptimizeError, match="no layers named"):
+        quantization.keeping_float(["not-a-layer"])
