@@ -20,20 +20,33 @@ from inferd.package import ModelPackage
 from inferd.runtime import load
 
 
-def latency_ms(package: ModelPackage, backend: str, eval_set: EvalSet, runs: int = 30) -> float:
-    """Median single-sample latency through `inferd.runtime.load`, the path serving takes."""
+def latencies_ms(
+    packages: Sequence[ModelPackage], backends: Sequence[str], eval_set: EvalSet, runs: int = 30, rounds: int = 5
+) -> list[dict[str, float]]:
+    """Median single-sample latency of every package on every backend, through `inferd.runtime.load` as serving does.
+
+    The runs are spread over `rounds` that visit every (package, backend) in turn,
+    so a machine that drifts during the report slows all of them alike and the
+    ratios between rows stay honest.
+    """
+    feeds = {name: array[:1] for name, array in eval_set.inputs.items()}
     with tempfile.TemporaryDirectory(prefix="inferd-eval-") as tmp:
-        saved = package if package.path is not None else package.save(Path(tmp) / package.manifest.name)
-        compiled = load(saved, backend=backend)
-        feeds = {name: array[:1] for name, array in eval_set.inputs.items()}
-        for _ in range(3):
-            compiled.predict(feeds)
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            compiled.predict(feeds)
-            times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+        compiled = {}
+        for index, package in enumerate(packages):
+            saved = package if package.path is not None else package.save(Path(tmp) / str(index))
+            for backend in backends:
+                compiled[index, backend] = load(saved, backend=backend)
+                for _ in range(3):
+                    compiled[index, backend].predict(feeds)
+        times: dict[tuple[int, str], list[float]] = {key: [] for key in compiled}
+        per_round = max(1, runs // rounds)
+        for _ in range(rounds):
+            for key, model in compiled.items():
+                for _ in range(per_round):
+                    started = time.perf_counter()
+                    model.predict(feeds)
+                    times[key].append((time.perf_counter() - started) * 1000)
+    return [{backend: statistics.median(times[index, backend]) for backend in backends} for index in range(len(packages))]
 
 
 def report(
@@ -46,15 +59,17 @@ def report(
 ) -> dict[str, Any]:
     """One JSON-able row per package: size, fidelity vs `original`, latency per backend (same run)."""
     reference = predict(original.onnx_model, eval_set)
+    packages = [original, *compressed]
+    latencies = latencies_ms(packages, backends, eval_set, timing_runs)
     rows = []
-    for package in [original, *compressed]:
+    for package, latency in zip(packages, latencies, strict=True):
         steps = [step.kind for step in package.manifest.compression] or ["none"]
         row: dict[str, Any] = {
             "compression": "+".join(steps),
             "precision": package.manifest.precision,
             "size_bytes": package.size_bytes() if package.path else package.onnx_model.ByteSize(),
             **fidelity(reference, predict(package.onnx_model, eval_set), eval_set.labels),
-            "latency_ms": {b: round(latency_ms(package, b, eval_set, timing_runs), 3) for b in backends},
+            "latency_ms": {backend: round(ms, 3) for backend, ms in latency.items()},
         }
         if package.manifest.compression:
             row["kept_layers"] = package.manifest.compression[-1].details.get("kept_layers", [])
