@@ -21,31 +21,30 @@ from inferd.runtime import load
 
 
 def latencies_ms(
-    packages: Sequence[ModelPackage], backends: Sequence[str], eval_set: EvalSet, runs: int = 30, rounds: int = 5
+    packages: Sequence[ModelPackage], backends: Sequence[str], eval_set: EvalSet, runs: int = 30, rounds: int = 3
 ) -> list[dict[str, float]]:
     """Median single-sample latency of every package on every backend, through `inferd.runtime.load` as serving does.
 
     The runs are spread over `rounds` that visit every (package, backend) in turn,
     so a machine that drifts during the report slows all of them alike and the
-    ratios between rows stay honest.
+    ratios between rows stay honest. Only one model is loaded at a time: idle
+    models keep thread pools that spin and would slow the one being timed.
     """
     feeds = {name: array[:1] for name, array in eval_set.inputs.items()}
+    times: dict[tuple[int, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="inferd-eval-") as tmp:
-        compiled = {}
-        for index, package in enumerate(packages):
-            saved = package if package.path is not None else package.save(Path(tmp) / str(index))
-            for backend in backends:
-                compiled[index, backend] = load(saved, backend=backend)
-                for _ in range(3):
-                    compiled[index, backend].predict(feeds)
-        times: dict[tuple[int, str], list[float]] = {key: [] for key in compiled}
-        per_round = max(1, runs // rounds)
+        saved = [p if p.path is not None else p.save(Path(tmp) / str(i)) for i, p in enumerate(packages)]
         for _ in range(rounds):
-            for key, model in compiled.items():
-                for _ in range(per_round):
-                    started = time.perf_counter()
-                    model.predict(feeds)
-                    times[key].append((time.perf_counter() - started) * 1000)
+            for index, package in enumerate(saved):
+                for backend in backends:
+                    compiled = load(package, backend=backend)
+                    for _ in range(3):
+                        compiled.predict(feeds)
+                    for _ in range(max(1, runs // rounds)):
+                        started = time.perf_counter()
+                        compiled.predict(feeds)
+                        times.setdefault((index, backend), []).append((time.perf_counter() - started) * 1000)
+                    del compiled
     return [{backend: statistics.median(times[index, backend]) for backend in backends} for index in range(len(packages))]
 
 
