@@ -459,6 +459,15 @@ def closed_spec(url: str, payloads: list[dict[str, Any]], concurrency: int, dura
             "duration_s": duration_s, "warmup_s": warmup_s, **extra}
 
 
+def finish(path: Path, result: dict[str, Any], records: list[list[Any]], started: float) -> None:
+    """The end every acceptance benchmark shares: the overall verdict, the raw records, the wall time, the file."""
+    result["acceptance"]["passed"] = all(result["acceptance"].values())
+    result["records_columns"] = RECORD_COLUMNS
+    result["records"] = records
+    result["total_wall_s"] = round(time.time() - started, 1)
+    write_json(path, result)
+
+
 def write_json(path: Path, result: dict[str, Any]) -> None:
     """Indented JSON, except that a top-level "records" list is written one record per line."""
     path.parent.mkdir(parents=True, exist_ok=True)

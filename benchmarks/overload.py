@@ -114,11 +114,7 @@ def main() -> None:
         "rss_peak_growth_below_10_percent": result["rss"]["peak_growth"] < RSS_LIMIT,
         "server_still_serves": status == 200 and alive,
     }
-    result["acceptance"]["passed"] = all(result["acceptance"].values())
-    result["records_columns"] = L.RECORD_COLUMNS
-    result["records"] = records
-    result["total_wall_s"] = round(time.time() - started, 1)
-    L.write_json(args.out, result)
+    L.finish(args.out, result, records, started)
 
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores; client {args.client}")
     print(f"offered {rate:.1f} req/s ({args.factor:g}x capacity {capacity_rps:.1f}) for {args.duration:.0f} s: "

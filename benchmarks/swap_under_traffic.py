@@ -109,11 +109,7 @@ def main() -> None:
         "version_2_serves_after_swap": a["served_by_version"].get("2", 0) > 0,
         "no_version_1_answer_started_after_swap": a["v1_answers_started_after_swap"] == 0,
     }
-    result["acceptance"]["passed"] = all(result["acceptance"].values())
-    result["records_columns"] = L.RECORD_COLUMNS
-    result["records"] = records
-    result["total_wall_s"] = round(time.time() - started, 1)
-    L.write_json(args.out, result)
+    L.finish(args.out, result, records, started)
 
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores; client {args.client}")
     for x in actions:

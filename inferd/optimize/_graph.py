@@ -167,6 +167,23 @@ def densify(model: onnx.ModelProto) -> onnx.ModelProto:
     return compatible_ir(result)
 
 
+def without_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop nodes whose outputs nobody reads, repeatedly, then the initializers nobody reads; in place."""
+    graph = model.graph
+    while True:
+        read = set(_consumed(list(graph.node), graph.output))
+        live = [node for node in graph.node if any(output in read for output in node.output)]
+        if len(live) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(live)
+    read = set(_consumed(list(graph.node), ()))
+    kept = [init for init in graph.initializer if init.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model
+
+
 def _consumed(nodes: list[onnx.NodeProto], outputs: Any) -> list[str]:
     names = [name for node in nodes for name in node.input] + [o.name for o in outputs]
     return list(dict.fromkeys(names))

@@ -56,6 +56,7 @@ from inferd.optimize._graph import (
     initializer_bytes,
     replace_initializers,
     require_opset,
+    without_dead_nodes,
 )
 from inferd.optimize.calibration import FeedReader, Feeds, calibration_feeds
 from inferd.optimize.errors import OptimizeError
@@ -217,7 +218,7 @@ def keep_layers_float(quantized: onnx.ModelProto, model: onnx.ModelProto, layers
                     graph.initializer.append(float_inits[original])
                     graph.initializer[-1].name = renamed
                     present.add(renamed)
-    return _without_dead_nodes(result)
+    return without_dead_nodes(result)
 
 
 def _float_graph_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -241,24 +242,7 @@ def _float_graph_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
             node.input[:] = [rounded if name == output.name else output.name if name == source else name
                              for name in node.input]
             node.output[:] = [output.name if name == source else name for name in node.output]
-    return _without_dead_nodes(model)
-
-
-def _without_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop nodes whose outputs nobody reads, repeatedly, then the initializers nobody reads; in place."""
-    graph = model.graph
-    while True:
-        read = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
-        live = [node for node in graph.node if any(output in read for output in node.output)]
-        if len(live) == len(graph.node):
-            break
-        del graph.node[:]
-        graph.node.extend(live)
-    read = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    return model
+    return without_dead_nodes(model)
 
 
 # -- re-rounding onnxruntime's weights ------------------------------------------------------------
