@@ -18,6 +18,7 @@ from inferd.optimize import (
     quantize_weights,
     to_fp16,
 )
+from inferd.optimize.int8 import METHODS, Method
 from inferd.package import ModelPackage
 
 TRAIN = 1400
@@ -73,13 +74,16 @@ def test_the_trained_model_is_worth_compressing(digits: tuple[ModelPackage, Eval
     assert accuracy(package, eval_set) > 90
 
 
-def test_static_int8_loses_at_most_half_a_point(digits: tuple[ModelPackage, EvalSet, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_static_int8_loses_at_most_half_a_point(
+    digits: tuple[ModelPackage, EvalSet, Path], tmp_path: Path, method: Method
+) -> None:
     package, eval_set, calibration = digits
-    int8 = saved(quantize_static(package, calibration, method="minmax"), tmp_path, "int8")
+    int8 = saved(quantize_static(package, calibration, method=method), tmp_path, "int8")
     lost = round((accuracy(package, eval_set) - accuracy(int8, eval_set)) * len(eval_set) / 100)
     assert lost <= 1  # 0.5 points of 397 test digits is at most 1 digit; measured: 0
     assert int8.manifest.precision == "int8"
-    assert int8.manifest.compression[-1].parameters["method"] == "minmax"
+    assert int8.manifest.compression[-1].parameters["method"] == method
     assert int8.size_bytes() < package.size_bytes() / 2
 
 
@@ -234,3 +238,25 @@ def test_static_int8_keeps_chosen_layers_float_from_one_calibration(digits: tupl
     assert producers["logits"] == "Gemm"
     with pytest.raises(OptimizeError, match="no layers named"):
         quantization.keeping_float(["not-a-layer"])
+
+
+def test_each_calibration_method_chooses_its_own_ranges(digits: tuple[ModelPackage, EvalSet, Path], tmp_path: Path) -> None:
+    """With onnxruntime's defaults, entropy searched 128 bins for 128 levels and so always chose min-max's range."""
+    import onnx
+
+    from inferd.optimize.calibration import calibration_feeds
+    from inferd.optimize.int8 import activation_ranges
+
+    package, _, calibration = digits
+    source = tmp_path / "fp32.onnx"
+    onnx.save_model(package.onnx_model, str(source))
+    feeds = calibration_feeds(package.manifest, calibration, 64)
+    ranges = {method: activation_ranges(source, feeds, method, tmp_path) for method in METHODS}
+    tensors = [name for name, _ in ranges["minmax"].items()]
+    spans = {method: np.array([np.max(r[name].range_value[1]) - np.min(r[name].range_value[0]) for name in tensors])
+             for method, r in ranges.items()}
+    # Both clip outliers: no range is wider than min-max's, and some are narrower.
+    for method in ("entropy", "percentile"):
+        assert np.all(spans[method] <= spans["minmax"] * (1 + 1e-6)), method
+        assert np.any(spans[method] < spans["minmax"] * 0.99), method
+    assert not np.allclose(spans["entropy"], spans["percentile"])

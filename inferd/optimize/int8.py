@@ -45,6 +45,9 @@ import onnx
 import onnxruntime as ort
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import helper, numpy_helper
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+from onnxruntime.quantization import quantize_static as ort_quantize_static
+from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 
 from inferd.manifest import CompressionStep
 from inferd.optimize._graph import (
@@ -110,12 +113,35 @@ def quantize_static(
     package: ModelPackage,
     calibration: str | os.PathLike[str] | None = None,
     *,
-    method: Method = "minmax",
+    method: Method = "percentile",
     samples: int = 200,
     exclude: Collection[str] = (),
 ) -> ModelPackage:
     """New package in QDQ format: int8 weights per channel, uint8 activations calibrated on `calibration`."""
     return StaticQuantization(package, calibration, method=method, samples=samples).keeping_float(exclude)
+
+
+_CALIBRATORS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile}
+# onnxruntime's defaults, except where they defeat the method: its entropy search
+# over 128 bins for 128 levels has one candidate, the full range, so "entropy"
+# came out as min-max; TensorRT's 2048 bins give the search room. Ranges stay
+# asymmetric, as uint8 activations are.
+_CALIBRATOR_OPTIONS: dict[Method, dict[str, Any]] = {
+    "minmax": {"symmetric": False},
+    "entropy": {"symmetric": False, "num_bins": 2048, "num_quantized_bins": 128},
+    "percentile": {"symmetric": False, "num_bins": 2048, "percentile": 99.99},
+}
+
+
+def activation_ranges(model_path: Path, feeds: list[Feeds], method: Method, workdir: Path) -> TensorsData:
+    """Every float tensor's calibrated range, computed as `method` says."""
+    calibrator = create_calibrator(
+        model_path, augmented_model_path=str(workdir / "augmented.onnx"),
+        calibrate_method=_CALIBRATORS[method], extra_options=_CALIBRATOR_OPTIONS[method],
+    )
+    calibrator.collect_data(FeedReader(feeds))
+    return calibrator.compute_data()
 
 
 class StaticQuantization:
@@ -133,12 +159,9 @@ class StaticQuantization:
         package: ModelPackage,
         calibration: str | os.PathLike[str] | None = None,
         *,
-        method: Method = "minmax",
+        method: Method = "percentile",
         samples: int = 200,
     ) -> None:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-        from onnxruntime.quantization import quantize_static as ort_quantize_static
-
         for kind in (WEIGHTS_KIND, STATIC_KIND):
             ensure_not_compressed(package, kind)
         if method not in METHODS:
@@ -146,18 +169,16 @@ class StaticQuantization:
         feeds = calibration_feeds(package.manifest, calibration, samples)
         self.package = package
         self.model = densify(package.onnx_model)
-        calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                     "percentile": CalibrationMethod.Percentile}[method]
         # The entropy calibrator prints its progress to stdout, which is the CLI's result channel.
         with tempfile.TemporaryDirectory(prefix="inferd-int8-") as tmp, contextlib.redirect_stdout(io.StringIO()):
-            source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            source, target, ranges = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "ranges.json"
             onnx.save_model(self.model, str(source))
+            save_tensors_data(activation_ranges(source, feeds, method, Path(tmp)), ranges)
             ort_quantize_static(
-                str(source), str(target), FeedReader(feeds),
-                quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=calibrate,
+                str(source), str(target), None, calibration_cache_path=ranges,
+                quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=_CALIBRATORS[method],
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False,
-                               "QDQKeepRemovableActivations": True},
+                extra_options={"QDQKeepRemovableActivations": True},
             )
             self.quantized = _float_graph_outputs(onnx.load(str(target)))
         self.refined = refine_weights(self.quantized, self.model, feeds)
