@@ -267,7 +267,8 @@ def optimize(
         "(fp16, int8, int8-weights, palettize:BITS[:GROUP], prune:SPARSITY, prune:N:M)")],
     calibration: Annotated[Path | None, typer.Option(
         help="int8 calibration data: a folder of images or an .npz keyed by input name (default: sample photos)")] = None,
-    method: Annotated[str, typer.Option(help="int8 calibration: percentile (of each activation's values, 99.99), minmax or entropy (KL divergence)")] = "percentile",
+    method: Annotated[str, typer.Option(
+        help="int8 activation ranges: percentile (99.99% of each activation's values), minmax or entropy (KL)")] = "percentile",
     max_drop: Annotated[float | None, typer.Option(
         help="accuracy budget in points of top-1 (accuracy with labels, else agreement); "
         "sensitive layers stay at full precision until it holds")] = None,
