@@ -300,8 +300,8 @@ def optimize(
     with console.status(f"compressing {original.manifest.name}: {pipeline}"):
         for step, result in opt.compress_each(original, pipeline, calibration=calibration, method=method,  # type: ignore[arg-type]
                                               max_drop=max_drop, eval_data=eval_set):
-            kept = result.manifest.compression[-1].details.get("accuracy_guard", {}).get("kept_layers", [])
-            note = f" (kept at full precision: {', '.join(kept)})" if kept else ""
+            kept = result.manifest.compression[-1].details.get("accuracy_guard", {}).get("kept", [])
+            note = f" (kept at full precision, {len(kept)}: {', '.join(kept)})" if kept else ""
             console.print(f"[green]done:[/green] {step}{note}")
             results.append(result)
     saved = results[-1].save(output, overwrite=force)

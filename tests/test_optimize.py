@@ -150,7 +150,7 @@ def test_max_drop_keeps_sensitive_layers(digits: tuple[ModelPackage, EvalSet, Pa
     assert baseline - accuracy(palettize(package, 2), eval_set) > 1.0  # the budget breaks on its own
     guarded = compress(package, "palettize:2", max_drop=1.0, eval_data=eval_set)
     guard = guarded.manifest.compression[-1].details["accuracy_guard"]
-    assert guard["kept_layers"]
+    assert guard["kept"]
     assert baseline - accuracy(guarded, eval_set) <= 1.0
 
 
@@ -236,27 +236,53 @@ def test_static_int8_keeps_chosen_layers_float_from_one_calibration(digits: tupl
     # The logits come from the last layer itself, not through a uint8 round trip.
     producers = {output: node.op_type for node in all_int8.onnx_model.graph.node for output in node.output}
     assert producers["logits"] == "Gemm"
-    with pytest.raises(OptimizeError, match="no layers named"):
+    with pytest.raises(OptimizeError, match="no layers or activations named"):
         quantization.keeping_float(["not-a-layer"])
 
 
-def test_each_calibration_method_chooses_its_own_ranges(digits: tuple[ModelPackage, EvalSet, Path], tmp_path: Path) -> None:
-    """With onnxruntime's defaults, entropy searched 128 bins for 128 levels and so always chose min-max's range."""
-    import onnx
+def test_static_int8_with_every_candidate_float_is_the_float_model(digits: tuple[ModelPackage, EvalSet, Path]) -> None:
+    """The guard's candidates are layers and activations; all of them in float leave no quantization at all."""
+    from inferd.optimize.evaluate import fidelity
+    from inferd.optimize.int8 import StaticQuantization
 
-    from inferd.optimize.calibration import calibration_feeds
-    from inferd.optimize.int8 import activation_ranges
+    package, eval_set, calibration = digits
+    quantization = StaticQuantization(package, calibration)
+    candidates = quantization.float_candidates()
+    layers = [node.name for node in package.onnx_model.graph.node if node.op_type in ("Conv", "Gemm")]
+    assert candidates[: len(layers)] == layers
+    activations = candidates[len(layers):]
+    assert package.manifest.inputs[0].name in activations
+    everything = quantization.keeping_float(candidates).onnx_model
+    assert not [node.op_type for node in everything.graph.node if "Quantize" in node.op_type]
+    reference = predict(package.onnx_model, eval_set)
+    assert fidelity(reference, predict(everything, eval_set))["snr_db"] > 100
+    # One activation in float: its pair goes, every other pair stays.
+    one = quantization.keeping_float(activations[:1])
+    quantized_inputs = {node.input[0] for node in one.onnx_model.graph.node if node.op_type == "QuantizeLinear"}
+    assert activations[0] not in quantized_inputs
+    assert set(activations[1:]) <= quantized_inputs
+    assert one.manifest.compression[-1].details["kept_activations"] == activations[:1]
 
-    package, _, calibration = digits
-    source = tmp_path / "fp32.onnx"
-    onnx.save_model(package.onnx_model, str(source))
-    feeds = calibration_feeds(package.manifest, calibration, 64)
-    ranges = {method: activation_ranges(source, feeds, method, tmp_path) for method in METHODS}
-    tensors = [name for name, _ in ranges["minmax"].items()]
-    spans = {method: np.array([np.max(r[name].range_value[1]) - np.min(r[name].range_value[0]) for name in tensors])
-             for method, r in ranges.items()}
-    # Both clip outliers: no range is wider than min-max's, and some are narrower.
-    for method in ("entropy", "percentile"):
-        assert np.all(spans[method] <= spans["minmax"] * (1 + 1e-6)), method
-        assert np.any(spans[method] < spans["minmax"] * 0.99), method
-    assert not np.allclose(spans["entropy"], spans["percentile"])
+
+def test_max_drop_keeps_int8_activations_float_when_layers_are_not_enough(
+    digits: tuple[ModelPackage, EvalSet, Path], tmp_path: Path
+) -> None:
+    """Calibrated on faint digits, the activation ranges clip real ones: no choice of float layers repairs that."""
+    from inferd.optimize import AccuracyBudgetError, guarded
+    from inferd.optimize.int8 import StaticQuantization
+
+    package, eval_set, _ = digits
+    name = package.manifest.inputs[0].name
+    faint = tmp_path / "faint.npz"
+    np.savez(faint, **{name: eval_set.inputs[name][:16] * 0.2})
+    baseline = accuracy(package, eval_set)
+    quantization = StaticQuantization(package, faint)
+    assert baseline - accuracy(quantization.keeping_float(), eval_set) > 1.0  # the budget breaks on its own
+    with pytest.raises(AccuracyBudgetError, match="even with all"):
+        guarded(package, lambda _, keep: quantization.keeping_float(keep), eval_set, 1.0,
+                [node.name for node in package.onnx_model.graph.node if node.op_type in ("Conv", "Gemm")])
+    rescued = compress(package, "int8", calibration=faint, max_drop=1.0, eval_data=eval_set)
+    guard = rescued.manifest.compression[-1].details["accuracy_guard"]
+    assert baseline - accuracy(rescued, eval_set) <= 1.0
+    assert rescued.manifest.compression[-1].details["kept_activations"]
+    assert guard["drop_all_compressed"] > 1.0 >= guard["drop"]

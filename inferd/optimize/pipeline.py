@@ -11,7 +11,7 @@ from inferd.optimize.errors import OptimizeError
 from inferd.optimize.evalset import EvalSet, build_eval_set
 from inferd.optimize.fp16 import to_fp16
 from inferd.optimize.guard import guarded
-from inferd.optimize.int8 import Method, StaticQuantization, quantize_weights
+from inferd.optimize.int8 import Method, StaticQuantization, quantize_static, quantize_weights
 from inferd.optimize.palettize import check_parameters as check_palette
 from inferd.optimize.palettize import palettize
 from inferd.optimize.prune import check_parameters as check_prune
@@ -114,9 +114,22 @@ def compress_each(
         eval_set = eval_data if isinstance(eval_data, EvalSet) else build_eval_set(
             package.manifest, eval_data, eval_samples)
     for step in steps:
-        apply = _compression(step, calibration, method)
-        package = apply(package, ()) if eval_set is None else guarded(package, apply, eval_set, max_drop or 0.0)
+        if eval_set is None:
+            package = _compression(step, calibration, method)(package, ())
+        elif step.kind == "int8":
+            package = _guarded_int8(package, calibration, method, eval_set, max_drop or 0.0)
+        else:
+            package = guarded(package, _compression(step, calibration, method), eval_set, max_drop or 0.0)
         yield step, package
+
+
+def _guarded_int8(
+    package: ModelPackage, calibration: str | os.PathLike[str] | None, method: Method, eval_set: EvalSet,
+    max_drop: float,
+) -> ModelPackage:
+    """One calibration serves every trial of the guard, which may keep activations in float as well as layers."""
+    int8 = StaticQuantization(package, calibration, method=method)
+    return guarded(package, lambda _, keep: int8.keeping_float(keep), eval_set, max_drop, int8.float_candidates())
 
 
 def _compression(
@@ -126,7 +139,7 @@ def _compression(
     if step.kind == "fp16":
         return lambda p, exclude: to_fp16(p, exclude=exclude)
     if step.kind == "int8":
-        return _calibrated_once(calibration, method)
+        return lambda p, exclude: quantize_static(p, calibration, method=method, exclude=exclude)
     if step.kind == "int8-weights":
         return lambda p, exclude: quantize_weights(p, exclude=exclude)
     if step.kind == "palettize":
@@ -135,17 +148,3 @@ def _compression(
     if len(args) == 2:
         return lambda p, exclude: prune(p, n_m=(int(args[0]), int(args[1])), exclude=exclude)
     return lambda p, exclude: prune(p, args[0], exclude=exclude)
-
-
-def _calibrated_once(
-    calibration: str | os.PathLike[str] | None, method: Method
-) -> Callable[[ModelPackage, Collection[str]], ModelPackage]:
-    """Static int8 that calibrates a package once, however many sets of float layers the guard asks for."""
-    calibrated: list[StaticQuantization] = []
-
-    def apply(package: ModelPackage, exclude: Collection[str]) -> ModelPackage:
-        if not calibrated or calibrated[0].package is not package:
-            calibrated[:] = [StaticQuantization(package, calibration, method=method)]
-        return calibrated[0].keeping_float(exclude)
-
-    return apply
