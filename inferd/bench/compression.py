@@ -71,7 +71,10 @@ def report(
             "latency_ms": {backend: round(ms, 3) for backend, ms in latency.items()},
         }
         if package.manifest.compression:
-            row["kept_layers"] = package.manifest.compression[-1].details.get("kept_layers", [])
+            details = package.manifest.compression[-1].details
+            row["kept_layers"] = details.get("kept_layers", [])
+            if "kept_activations" in details:
+                row["kept_activations"] = details["kept_activations"]
         rows.append(row)
     base = rows[0]["size_bytes"]
     for row in rows:
