@@ -1,4 +1,4 @@
-"""The accuracy guard: keep the layers a compression hurts most at full precision until the budget holds.
+"""The accuracy guard: keep what a compression hurts most (layers; for int8 also activations) at full precision.
 
 Sensitivity is measured by compressing one candidate (a layer, or for int8 also an
 activation) at a time and taking the SNR of the model's output against the
