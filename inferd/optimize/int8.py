@@ -16,12 +16,8 @@ augmented photos, top-1 agreement with fp32: 62% as onnxruntime writes it):
   input channels of a 1x1 convolution or Gemm has |q1| + |q2| <= 128; larger
   dense kernels, whose pairing is the backend's business, keep |q| <= 64;
   depthwise kernels widen to int32 and keep the full range.
-- Rounding each weight to its nearest level leaves errors that add up in layers
-  whose batch-norm-folded weights are large and cancel (an edge detector on
-  saturated ReLU6 inputs). GPTQ (Frantar et al. 2022) rounds one input at a time
-  and moves the error onto the inputs not yet rounded and onto the bias,
-  weighted by the layer's input second moments on the calibration data; that
-  also corrects the bias for what rounding shifted.
+- Rounding each weight to its nearest level leaves errors that add up; GPTQ
+  (`inferd.optimize._gptq`) rounds with error feedback and corrects the bias.
 
 Layers and activations to keep in float (`exclude`, or the accuracy guard's
 choice) are cut out of one calibrated model afterwards rather than left out of
@@ -44,14 +40,13 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from numpy.lib.stride_tricks import sliding_window_view
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 from onnxruntime.quantization import quantize_static as ort_quantize_static
 from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 
 from inferd.manifest import CompressionStep
+from inferd.optimize._gptq import attribute, gptq, input_moments, output_first, supports
 from inferd.optimize._graph import (
     Decoder,
     densify,
@@ -287,8 +282,6 @@ def _float_graph_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
 
 _PAIR_LIMIT = 128  # 255 * 128 = 32640 <= 32767: a pair of uint8 x int8 products never saturates int16
 _SAFE_LIMIT = 64  # |q| <= 64 keeps every pairing safe
-_ROWS_PER_SAMPLE = 1024  # input rows per calibration sample and layer that enter the second moments
-_DAMP = 0.01  # GPTQ's dampening of the second moments, as a fraction of their mean diagonal
 
 
 def refine_weights(quantized: onnx.ModelProto, model: onnx.ModelProto, feeds: list[Feeds]) -> list[str]:
@@ -303,16 +296,16 @@ def refine_weights(quantized: onnx.ModelProto, model: onnx.ModelProto, feeds: li
         node for node in model.graph.node
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[1] in floats
         and node.input[2] in floats and f"{node.input[1]}_quantized" in inits
-        and f"{node.input[2]}_quantized" in inits and _geometry(node, floats[node.input[1]]) is not None
+        and f"{node.input[2]}_quantized" in inits and supports(node, floats[node.input[1]])
     ]
-    moments = _input_moments(model, layers, feeds)
+    moments = input_moments(model, layers, feeds)
     for node in layers:
         weight_name, bias_name = node.input[1], node.input[2]
-        transposed = node.op_type == "Gemm" and not _attribute(node, "transB", 0)
-        weight = floats[weight_name].T if transposed else floats[weight_name]
-        pairs, limit = _geometry(node, floats[weight_name]) or (False, _SAFE_LIMIT)
+        transposed = node.op_type == "Gemm" and not attribute(node, "transB", 0)
+        weight = output_first(node, floats[weight_name])
+        pairs, limit = _pair_rule(node, floats[weight_name])
         scale = _safe_scale(weight, pairs, limit)
-        levels, bias = gptq(weight, floats[bias_name], moments[node.name], scale, pairs=pairs, limit=limit)
+        levels, bias = _int8_gptq(weight, floats[bias_name], moments[node.name], scale, pairs=pairs, limit=limit)
         # onnxruntime's bias scale is input scale x weight scale; keep the input scale, take the new weight scale.
         old_scale = numpy_helper.to_array(inits[f"{weight_name}_scale"]).astype(np.float64)
         old_bias_scale = numpy_helper.to_array(inits[f"{bias_name}_quantized_scale"]).astype(np.float64)
@@ -320,6 +313,7 @@ def refine_weights(quantized: onnx.ModelProto, model: onnx.ModelProto, feeds: li
         input_scale = float(np.median(old_bias_scale[used] / old_scale[used])) if used.any() else 1.0
         bias_scale = (input_scale * scale).astype(np.float32)
         bias_levels = np.clip(np.round(bias / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
+        levels = levels.reshape(floats[weight_name].T.shape if transposed else floats[weight_name].shape)
         _put(inits, f"{weight_name}_quantized", (levels.T if transposed else levels).astype(np.int8))
         _put(inits, f"{weight_name}_scale", scale)
         _put(inits, f"{bias_name}_quantized", bias_levels)
@@ -327,91 +321,33 @@ def refine_weights(quantized: onnx.ModelProto, model: onnx.ModelProto, feeds: li
     return [node.name for node in layers]
 
 
-def gptq(
+def _int8_gptq(
     weight: np.ndarray, bias: np.ndarray, moments: np.ndarray, scale: np.ndarray, *, pairs: bool, limit: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Integer levels of `weight` (output channels first) and the float bias that absorbs what rounding left.
+    """Integer levels of `weight` ([outputs, inputs]) within `limit` and the pair rule, and the corrected bias."""
+    groups = moments.shape[0]
+    steps = scale.astype(np.float64).reshape(groups, -1)
+    levels = np.zeros((groups, steps.shape[1], weight.shape[1]))
 
-    `moments` holds E[x x^T] of the layer's input rows extended by a constant 1,
-    one matrix per group, so the bias is the last column and is never rounded.
-    """
-    groups, size = moments.shape[0], moments.shape[1] - 1
-    outputs = weight.shape[0]
-    per_group = outputs // groups
-    work = np.concatenate(
-        [weight.reshape(groups, per_group, size), bias.reshape(groups, per_group, 1)], axis=2
-    ).astype(np.float64)
-    steps = scale.astype(np.float64).reshape(groups, per_group)
-    hessian = moments.copy()
-    diagonal = np.einsum("gii->gi", hessian)  # a writable view: dampening edits `hessian`
-    diagonal += _DAMP * diagonal.mean(axis=1, keepdims=True) + 1e-12
-    upper = np.linalg.cholesky(np.linalg.inv(hessian)).transpose(0, 2, 1)
-    levels = np.zeros((groups, per_group, size))
-    for j in range(size):
-        level = np.clip(np.round(work[:, :, j] / steps), -limit, limit)
+    def round_column(j: int, column: np.ndarray) -> np.ndarray:
+        level = np.clip(np.round(column / steps), -limit, limit)
         if pairs and j % 2:
             room = _PAIR_LIMIT - np.abs(levels[:, :, j - 1])
             level = np.clip(level, -room, room)
         levels[:, :, j] = level
-        error = (work[:, :, j] - level * steps) / upper[:, None, j, j]
-        work[:, :, j + 1 :] -= error[:, :, None] * upper[:, None, j, j + 1 :]
-    return levels.reshape(weight.shape), work[:, :, size].reshape(outputs)
+        return level * steps
+
+    _, corrected = gptq(weight, bias, moments, round_column)
+    return levels.reshape(weight.shape), corrected
 
 
-def _attribute(node: onnx.NodeProto, name: str, default: object) -> Any:
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
-def _geometry(node: onnx.NodeProto, weight: np.ndarray) -> tuple[bool, int] | None:
-    """(pair rule applies, level limit) for the layers GPTQ handles; None for the others."""
+def _pair_rule(node: onnx.NodeProto, weight: np.ndarray) -> tuple[bool, int]:
+    """(neighbouring input pairs must fit int16, level limit): see the module's note on `vpmaddubsw`."""
     if node.op_type == "Gemm":
-        return (True, 127) if weight.ndim == 2 and not _attribute(node, "transA", 0) else None
-    group = _attribute(node, "group", 1)
-    if weight.ndim != 4 or any(d != 1 for d in _attribute(node, "dilations", [1, 1])):
-        return None
-    if group == 1:
-        return (True, 127) if weight.shape[2:] == (1, 1) else (False, _SAFE_LIMIT)
-    return (False, 127) if weight.shape[:2] == (group, 1) else None
-
-
-def _rows(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-    """A layer's input as [groups, rows, inputs per output channel], in the weight's flattening order."""
-    if node.op_type == "Gemm":
-        return x.reshape(1, x.shape[0], -1)
-    kh, kw = _attribute(node, "kernel_shape", None)
-    top, left, bottom, right = _attribute(node, "pads", [0, 0, 0, 0])
-    sh, sw = _attribute(node, "strides", [1, 1])
-    channels = x.shape[1]
-    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    windows = sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw].transpose(0, 2, 3, 1, 4, 5)
-    if _attribute(node, "group", 1) == 1:
-        return windows.reshape(1, -1, channels * kh * kw)
-    return windows.reshape(-1, channels, kh * kw).transpose(1, 0, 2)
-
-
-def _input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], feeds: list[Feeds]) -> dict[str, np.ndarray]:
-    """E[x x^T] per layer and group over the calibration feeds; rows are subsampled to bound the cost."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    names = list(dict.fromkeys(node.input[0] for node in layers))
-    present = {output.name for output in probe.graph.output}
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in present)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for feed in feeds:
-        values = dict(zip(names, session.run(names, feed), strict=True))
-        for node in layers:
-            rows = _rows(np.asarray(values[node.input[0]], dtype=np.float32), node)
-            if rows.shape[1] > _ROWS_PER_SAMPLE:
-                rows = rows[:, rng.choice(rows.shape[1], _ROWS_PER_SAMPLE, replace=False)]
-            rows = np.concatenate([rows, np.ones((*rows.shape[:2], 1), np.float32)], axis=2)
-            sums[node.name] = sums.get(node.name, 0) + np.matmul(rows.transpose(0, 2, 1), rows).astype(np.float64)
-            counts[node.name] = counts.get(node.name, 0) + rows.shape[1]
-    return {name: total / counts[name] for name, total in sums.items()}
+        return True, 127
+    if attribute(node, "group", 1) > 1:
+        return False, 127  # depthwise kernels widen to int32
+    return (True, 127) if weight.shape[2:] == (1, 1) else (False, _SAFE_LIMIT)
 
 
 def _safe_scale(weight: np.ndarray, pairs: bool, limit: int) -> np.ndarray:
