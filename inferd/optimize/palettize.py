@@ -9,17 +9,27 @@ for all of them would round the small rows to zero. On disk a weight costs
 `bits` per element plus the tables and one float per row, so 4 bits is close to
 8x smaller than float32; the decoding subgraph is constant-folded by every
 backend, so inference runs at float speed.
+
+The tables come from the weights alone, but which entry each weight takes is
+data-aware when there is calibration data (the `calibration` source, or sample
+photos for an image model): GPTQ picks entries with error feedback and corrects
+the bias. On EfficientNet-Lite0, 4-bit tables per 16 channels kept 3.7% top-1
+agreement with nearest entries, as batch-norm-folded layers cancel large terms.
 """
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from inferd.manifest import CompressionStep
+from inferd.optimize._gptq import gptq, input_moments, output_first, supports
 from inferd.optimize._graph import (
     Decoder,
     Weight,
@@ -32,6 +42,7 @@ from inferd.optimize._graph import (
     replace_initializers,
     require_opset,
 )
+from inferd.optimize.calibration import Feeds, calibration_feeds, sample_feeds
 from inferd.optimize.errors import OptimizeError
 from inferd.package import ModelPackage
 
@@ -39,6 +50,7 @@ KIND = "palettize"
 BITS = (2, 4, 6, 8)
 _ITERATIONS = 20
 _ZERO_SHARE = 0.1  # keep 0 as an exact palette entry when pruning left this share of zeros
+_SAMPLES = 64  # calibration samples for the second moments GPTQ weighs errors by
 
 
 def palettize(
@@ -47,26 +59,125 @@ def palettize(
     *,
     group_size: int | None = None,
     exclude: Collection[str] = (),
+    calibration: str | os.PathLike[str] | None = None,
 ) -> ModelPackage:
     """New package with every Conv/Gemm/MatMul weight (except layers in `exclude`) palettized."""
-    check_parameters(bits, group_size)
-    ensure_not_compressed(package, KIND)
-    model = densify(package.onnx_model)
-    require_opset(model, 13, "palettization")
-    decoder = Decoder("palette")
-    weights = find_weights(model, exclude=exclude)
-    errors: dict[str, float] = {}
+    return Palettization(package, bits, group_size=group_size, calibration=calibration).keeping_float(exclude)
+
+
+class Palettization:
+    """Every layer of a package palettized once, from which packages with any layers kept in float are cut.
+
+    Measuring the calibration data's second moments takes about 20 s on
+    EfficientNet-Lite0, and the accuracy guard asks for a package per layer; no
+    layer's palette depends on another's, so each is computed once.
+    """
+
+    def __init__(
+        self,
+        package: ModelPackage,
+        bits: int = 4,
+        *,
+        group_size: int | None = None,
+        calibration: str | os.PathLike[str] | None = None,
+    ) -> None:
+        check_parameters(bits, group_size)
+        ensure_not_compressed(package, KIND)
+        self.package, self.bits, self.group_size = package, bits, group_size
+        self.model = densify(package.onnx_model)
+        require_opset(self.model, 13, "palettization")
+        self.weights = find_weights(self.model)
+        self.palettes = {w.name: _palette(w.array, bits, group_size) for w in self.weights}
+        feeds = _calibration(package, calibration)
+        self.biases = _refine(self.model, self.weights, self.palettes, group_size, feeds) if feeds else {}
+        self.rounding = f"GPTQ on {len(feeds)} calibration samples" if feeds else "nearest entry (no calibration data)"
+
+    def float_candidates(self) -> list[str]:
+        return [w.layer for w in self.weights]
+
+    def keeping_float(self, layers: Collection[str] = ()) -> ModelPackage:
+        """The palettized package with `layers` (node names) keeping their float weights."""
+        decoder = Decoder("palette")
+        weights = [w for w in self.weights if w.layer not in layers]
+        errors: dict[str, float] = {}
+        for weight in weights:
+            table, indices, scales = self.palettes[weight.name]
+            _encode(decoder, weight, table, indices, scales, self.bits)
+            errors[weight.layer] = snr_db(weight.array, _expand(table, indices, scales, weight.array.shape))
+        encoded = replace_initializers(self.model, {w.name for w in weights}, decoder.initializers, decoder.nodes)
+        corrected = {bias: values for weight in weights for bias, values in self.biases.get(weight.name, {}).items()}
+        for init in encoded.graph.initializer:
+            if init.name in corrected:
+                init.CopyFrom(numpy_helper.from_array(corrected[init.name], init.name))
+        step = CompressionStep(
+            kind=KIND,
+            parameters={"bits": self.bits, "group_size": self.group_size, "per_channel_scale": True,
+                        "rounding": self.rounding},
+            details=_details(self.model, encoded, weights, layers, errors),
+        )
+        return derive(self.package, encoded, step)
+
+
+def _calibration(package: ModelPackage, source: str | os.PathLike[str] | None) -> list[Feeds]:
+    """The calibration feeds, or the sample photos of an image model; none for other models without data."""
+    if source is not None:
+        return calibration_feeds(package.manifest, source, _SAMPLES)
+    try:
+        return sample_feeds(package.manifest, _SAMPLES)
+    except OptimizeError:
+        return []
+
+
+def _refine(
+    model: onnx.ModelProto,
+    weights: list[Weight],
+    palettes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    group_size: int | None,
+    feeds: list[Feeds],
+) -> dict[str, dict[str, np.ndarray]]:
+    """Re-pick, in place, the palette entries of every layer GPTQ supports; the corrected bias per weight.
+
+    Left alone: weights or biases that several layers share, layers without a
+    bias, weights whose rows are not output channels, and pruned weights (GPTQ
+    would fill their zeros).
+    """
+    uses = Counter(name for node in model.graph.node for name in node.input)
+    floats = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    nodes = {node.name: node for node in model.graph.node}
+    chosen = {}
     for weight in weights:
-        table, indices, scales = _palette(weight.array, bits, group_size)
-        _encode(decoder, weight, table, indices, scales, bits)
-        errors[weight.layer] = snr_db(weight.array, _expand(table, indices, scales, weight.array.shape))
-    encoded = replace_initializers(model, {w.name for w in weights}, decoder.initializers, decoder.nodes)
-    step = CompressionStep(
-        kind=KIND,
-        parameters={"bits": bits, "group_size": group_size, "per_channel_scale": True},
-        details=_details(model, encoded, weights, exclude, errors),
-    )
-    return derive(package, encoded, step)
+        node = nodes[weight.layer]
+        if (len(node.input) > 2 and node.input[2] in floats and uses[weight.name] == 1 and uses[node.input[2]] == 1
+                and supports(node, weight.array) and weight.output_axis == 0
+                and np.mean(weight.array == 0) < _ZERO_SHARE):
+            chosen[weight.name] = node
+    moments = input_moments(model, list(chosen.values()), feeds)
+    biases = {}
+    for name, node in chosen.items():
+        table, indices, scales = palettes[name]
+        array, bias = floats[name], floats[node.input[2]]
+        entries, corrected = _gptq_entries(output_first(node, array), bias, moments[node.name], table, scales,
+                                           min(group_size or array.shape[0], array.shape[0]))
+        indices.reshape(-1)[: array.size] = entries.reshape(-1)
+        biases[name] = {node.input[2]: corrected.astype(np.float32)}
+    return biases
+
+
+def _gptq_entries(
+    weight: np.ndarray, bias: np.ndarray, moments: np.ndarray, table: np.ndarray, scales: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Palette entries of `weight` ([outputs, inputs]; rows share a table in groups of `size`) and the new bias."""
+    outputs = weight.shape[0]
+    row_tables = table[np.arange(outputs) // size].astype(np.float64)
+    row_scales = scales.reshape(outputs, 1).astype(np.float64)
+    entries = np.zeros(weight.shape, dtype=np.int64)
+
+    def round_column(j: int, column: np.ndarray) -> np.ndarray:
+        entries[:, j] = np.abs(column.reshape(outputs, 1) / row_scales - row_tables).argmin(axis=1)
+        return (np.take_along_axis(row_tables, entries[:, j : j + 1], axis=1) * row_scales).reshape(column.shape)
+
+    _, corrected = gptq(weight, bias, moments, round_column)
+    return entries, corrected
 
 
 def check_parameters(bits: int, group_size: int | None) -> None:
