@@ -266,7 +266,8 @@ def optimize(
         "--pipeline", "-s", help="steps applied in order, e.g. 'int8' or 'prune:0.5,palettize:4' "
         "(fp16, int8, int8-weights, palettize:BITS[:GROUP], prune:SPARSITY, prune:N:M)")],
     calibration: Annotated[Path | None, typer.Option(
-        help="int8 calibration data: a folder of images or an .npz keyed by input name (default: sample photos)")] = None,
+        help="calibration data for int8 and palettization: a folder of images or an .npz keyed by input name "
+        "(default: sample photos for an image model)")] = None,
     method: Annotated[str, typer.Option(
         help="int8 activation ranges: percentile (99.99% of each activation's values), minmax or entropy (KL)")] = "percentile",
     max_drop: Annotated[float | None, typer.Option(

@@ -12,8 +12,8 @@ from inferd.optimize.evalset import EvalSet, build_eval_set
 from inferd.optimize.fp16 import to_fp16
 from inferd.optimize.guard import guarded
 from inferd.optimize.int8 import Method, StaticQuantization, quantize_static, quantize_weights
+from inferd.optimize.palettize import Palettization, palettize
 from inferd.optimize.palettize import check_parameters as check_palette
-from inferd.optimize.palettize import palettize
 from inferd.optimize.prune import check_parameters as check_prune
 from inferd.optimize.prune import prune
 from inferd.package import ModelPackage
@@ -116,20 +116,30 @@ def compress_each(
     for step in steps:
         if eval_set is None:
             package = _compression(step, calibration, method)(package, ())
-        elif step.kind == "int8":
-            package = _guarded_int8(package, calibration, method, eval_set, max_drop or 0.0)
+        elif step.kind in ("int8", "palettize"):
+            package = _guarded_once(_measured_once(step, package, calibration, method), package, eval_set,
+                                    max_drop or 0.0)
         else:
             package = guarded(package, _compression(step, calibration, method), eval_set, max_drop or 0.0)
         yield step, package
 
 
-def _guarded_int8(
-    package: ModelPackage, calibration: str | os.PathLike[str] | None, method: Method, eval_set: EvalSet,
-    max_drop: float,
+def _measured_once(
+    step: Step, package: ModelPackage, calibration: str | os.PathLike[str] | None, method: Method
+) -> StaticQuantization | Palettization:
+    """The compressions that measure a package once (calibration, second moments) and cut any float set from it."""
+    if step.kind == "int8":
+        return StaticQuantization(package, calibration, method=method)
+    group = int(step.arguments[1]) if len(step.arguments) > 1 else None
+    return Palettization(package, int(step.arguments[0]), group_size=group, calibration=calibration)
+
+
+def _guarded_once(
+    measured: StaticQuantization | Palettization, package: ModelPackage, eval_set: EvalSet, max_drop: float
 ) -> ModelPackage:
-    """One calibration serves every trial of the guard, which may keep activations in float as well as layers."""
-    int8 = StaticQuantization(package, calibration, method=method)
-    return guarded(package, lambda _, keep: int8.keeping_float(keep), eval_set, max_drop, int8.float_candidates())
+    """Every trial of the guard is cut from one measurement; int8 may keep activations in float as well as layers."""
+    return guarded(package, lambda _, keep: measured.keeping_float(keep), eval_set, max_drop,
+                   measured.float_candidates())
 
 
 def _compression(
@@ -144,7 +154,8 @@ def _compression(
         return lambda p, exclude: quantize_weights(p, exclude=exclude)
     if step.kind == "palettize":
         group = int(args[1]) if len(args) > 1 else None
-        return lambda p, exclude: palettize(p, int(args[0]), group_size=group, exclude=exclude)
+        return lambda p, exclude: palettize(p, int(args[0]), group_size=group, exclude=exclude,
+                                            calibration=calibration)
     if len(args) == 2:
         return lambda p, exclude: prune(p, n_m=(int(args[0]), int(args[1])), exclude=exclude)
     return lambda p, exclude: prune(p, args[0], exclude=exclude)
