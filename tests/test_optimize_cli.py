@@ -16,6 +16,7 @@ def test_palettized_package_and_its_report(default_package: Path, tmp_path: Path
     assert result.returncode == 0, result.stderr
     small, original = ModelPackage.load(output), ModelPackage.load(default_package)
     assert small.manifest.compression[-1].kind == "palettize"
+    assert small.manifest.compression[-1].parameters["rounding"] == "GPTQ on 64 calibration samples"  # sample photos
     assert small.size_bytes() <= 0.2 * original.size_bytes()
     rows = json.loads(report.read_text())["rows"]
     assert [row["compression"] for row in rows] == ["none", "palettize"]
