@@ -105,7 +105,7 @@ class Palettization:
             _encode(decoder, weight, table, indices, scales, self.bits)
             errors[weight.layer] = snr_db(weight.array, _expand(table, indices, scales, weight.array.shape))
         encoded = replace_initializers(self.model, {w.name for w in weights}, decoder.initializers, decoder.nodes)
-        corrected = {bias: values for weight in weights for bias, values in self.biases.get(weight.name, {}).items()}
+        corrected = dict(self.biases[w.name] for w in weights if w.name in self.biases)
         for init in encoded.graph.initializer:
             if init.name in corrected:
                 init.CopyFrom(numpy_helper.from_array(corrected[init.name], init.name))
@@ -134,8 +134,8 @@ def _refine(
     palettes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     group_size: int | None,
     feeds: list[Feeds],
-) -> dict[str, dict[str, np.ndarray]]:
-    """Re-pick, in place, the palette entries of every layer GPTQ supports; the corrected bias per weight.
+) -> dict[str, tuple[str, np.ndarray]]:
+    """Re-pick, in place, the palette entries of every layer GPTQ supports; per weight, its bias and the correction.
 
     Left alone: weights or biases that several layers share, layers without a
     bias, weights whose rows are not output channels, and pruned weights (GPTQ
@@ -159,7 +159,7 @@ def _refine(
         entries, corrected = _gptq_entries(output_first(node, array), bias, moments[node.name], table, scales,
                                            min(group_size or array.shape[0], array.shape[0]))
         indices.reshape(-1)[: array.size] = entries.reshape(-1)
-        biases[name] = {node.input[2]: corrected.astype(np.float32)}
+        biases[name] = (node.input[2], corrected.astype(np.float32))
     return biases
 
 
