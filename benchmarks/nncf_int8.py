@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from inferd.bench.compression import timed_calls
 from inferd.optimize import build_eval_set, fidelity, predict
 from inferd.optimize.calibration import calibration_feeds
 from inferd.optimize.int8 import StaticQuantization
@@ -74,18 +75,6 @@ def openvino_runner(model: Any) -> Runner:
     return lambda images: compiled({0: images})[0]
 
 
-def timed_round(run: Runner, images: np.ndarray, runs: int) -> list[float]:
-    """Milliseconds of `runs` calls on one image, after 3 warm-up calls."""
-    for _ in range(3):
-        run(images)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        run(images)
-        times.append((time.perf_counter() - started) * 1000)
-    return times
-
-
 def main(rounds: int = 3, runs_per_round: int = 20) -> None:
     original = ModelPackage.load(PACKAGE)
     eval_set = build_eval_set(original.manifest, None, 500)
@@ -116,7 +105,7 @@ def main(rounds: int = 3, runs_per_round: int = 20) -> None:
                     outputs = np.concatenate([run(images[i : i + 1]) for i in range(len(images))])
                     judged = fidelity(reference, outputs)
                     rows[row] = {"top1_agreement": judged["top1_agreement"], "snr_db": round(judged["snr_db"], 2)}
-                times[row] += timed_round(run, images[:1], runs_per_round)
+                times[row] += timed_calls(partial(run, images[:1]), runs_per_round)
     for row, values in times.items():
         rows[row]["latency_ms"] = round(statistics.median(values), 3)
     result = {

@@ -9,7 +9,8 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,18 @@ from rich.table import Table
 from inferd.optimize import EvalSet, fidelity, predict
 from inferd.package import ModelPackage
 from inferd.runtime import load
+
+
+def timed_calls(call: Callable[[], object], runs: int, warmup: int = 3) -> list[float]:
+    """Milliseconds of `runs` calls of `call`, after `warmup` calls that are not timed."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
 
 
 def latencies_ms(
@@ -38,12 +51,8 @@ def latencies_ms(
             for index, package in enumerate(saved):
                 for backend in backends:
                     compiled = load(package, backend=backend)
-                    for _ in range(3):
-                        compiled.predict(feeds)
-                    for _ in range(max(1, runs // rounds)):
-                        started = time.perf_counter()
-                        compiled.predict(feeds)
-                        times.setdefault((index, backend), []).append((time.perf_counter() - started) * 1000)
+                    times.setdefault((index, backend), []).extend(
+                        timed_calls(partial(compiled.predict, feeds), max(1, runs // rounds)))
                     del compiled
     return [{backend: statistics.median(times[index, backend]) for backend in backends} for index in range(len(packages))]
 

@@ -142,24 +142,24 @@ def _refine(
     would fill their zeros).
     """
     uses = Counter(name for node in model.graph.node for name in node.input)
-    floats = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    initializers = {init.name: init for init in model.graph.initializer}
     nodes = {node.name: node for node in model.graph.node}
-    chosen = {}
+    chosen = []
     for weight in weights:
         node = nodes[weight.layer]
-        if (len(node.input) > 2 and node.input[2] in floats and uses[weight.name] == 1 and uses[node.input[2]] == 1
-                and supports(node, weight.array) and weight.output_axis == 0
+        if (len(node.input) > 2 and node.input[2] in initializers and uses[weight.name] == 1
+                and uses[node.input[2]] == 1 and supports(node, weight.array) and weight.output_axis == 0
                 and np.mean(weight.array == 0) < _ZERO_SHARE):
-            chosen[weight.name] = node
-    moments = input_moments(model, list(chosen.values()), feeds)
+            chosen.append((weight, node))
+    moments = input_moments(model, [node for _, node in chosen], feeds)
     biases = {}
-    for name, node in chosen.items():
-        table, indices, scales = palettes[name]
-        array, bias = floats[name], floats[node.input[2]]
+    for weight, node in chosen:
+        table, indices, scales = palettes[weight.name]
+        array, bias = weight.array, numpy_helper.to_array(initializers[node.input[2]])
         entries, corrected = _gptq_entries(output_first(node, array), bias, moments[node.name], table, scales,
                                            min(group_size or array.shape[0], array.shape[0]))
         indices.reshape(-1)[: array.size] = entries.reshape(-1)
-        biases[name] = (node.input[2], corrected.astype(np.float32))
+        biases[weight.name] = (node.input[2], corrected.astype(np.float32))
     return biases
 
 

@@ -11,8 +11,8 @@ from inferd.optimize.errors import OptimizeError
 from inferd.optimize.evalset import EvalSet, build_eval_set
 from inferd.optimize.fp16 import to_fp16
 from inferd.optimize.guard import guarded
-from inferd.optimize.int8 import Method, StaticQuantization, quantize_static, quantize_weights
-from inferd.optimize.palettize import Palettization, palettize
+from inferd.optimize.int8 import Method, StaticQuantization, quantize_weights
+from inferd.optimize.palettize import Palettization
 from inferd.optimize.palettize import check_parameters as check_palette
 from inferd.optimize.prune import check_parameters as check_prune
 from inferd.optimize.prune import prune
@@ -114,13 +114,14 @@ def compress_each(
         eval_set = eval_data if isinstance(eval_data, EvalSet) else build_eval_set(
             package.manifest, eval_data, eval_samples)
     for step in steps:
-        if eval_set is None:
-            package = _compression(step, calibration, method)(package, ())
-        elif step.kind in ("int8", "palettize"):
-            package = _guarded_once(_measured_once(step, package, calibration, method), package, eval_set,
-                                    max_drop or 0.0)
+        if step.kind in ("int8", "palettize"):
+            measured = _measured_once(step, package, calibration, method)
+            package = measured.keeping_float() if eval_set is None else _guarded_once(
+                measured, package, eval_set, max_drop or 0.0)
         else:
-            package = guarded(package, _compression(step, calibration, method), eval_set, max_drop or 0.0)
+            compression = _compression(step)
+            package = compression(package, ()) if eval_set is None else guarded(
+                package, compression, eval_set, max_drop or 0.0)
         yield step, package
 
 
@@ -142,20 +143,13 @@ def _guarded_once(
                    measured.float_candidates())
 
 
-def _compression(
-    step: Step, calibration: str | os.PathLike[str] | None, method: Method
-) -> Callable[[ModelPackage, Collection[str]], ModelPackage]:
+def _compression(step: Step) -> Callable[[ModelPackage, Collection[str]], ModelPackage]:
+    """The compressions that need no measurement of the package: fp16, int8 weights, pruning."""
     args = step.arguments
     if step.kind == "fp16":
         return lambda p, exclude: to_fp16(p, exclude=exclude)
-    if step.kind == "int8":
-        return lambda p, exclude: quantize_static(p, calibration, method=method, exclude=exclude)
     if step.kind == "int8-weights":
         return lambda p, exclude: quantize_weights(p, exclude=exclude)
-    if step.kind == "palettize":
-        group = int(args[1]) if len(args) > 1 else None
-        return lambda p, exclude: palettize(p, int(args[0]), group_size=group, exclude=exclude,
-                                            calibration=calibration)
     if len(args) == 2:
         return lambda p, exclude: prune(p, n_m=(int(args[0]), int(args[1])), exclude=exclude)
     return lambda p, exclude: prune(p, args[0], exclude=exclude)
