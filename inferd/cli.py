@@ -417,6 +417,8 @@ def serve(
     api_key: Annotated[str | None, typer.Option(envvar="INFERD_API_KEY", help="require this key (Bearer or X-API-Key)")] = None,
     cors_origin: Annotated[list[str] | None, typer.Option(help="allow browser calls from this origin")] = None,
     access_log: Annotated[bool, typer.Option(help="log one JSON line per request to stderr")] = True,
+    allow_shared_memory: Annotated[bool, typer.Option(
+        help="let clients on this machine pass tensors through registered shared memory (Triton's extension)")] = False,
     compute_units: ComputeUnitsOpt = ComputeUnit.ALL,
     precision: PrecisionOpt = Precision.AUTO,
 ) -> None:
@@ -439,6 +441,7 @@ def serve(
                              compute_units=compute_units, precision=precision),
         max_memory_bytes=_parse_size(max_memory) if max_memory else None, max_body_bytes=max_body_bytes,
         api_key=api_key, cors_origins=cors_origin or [], access_log=access_log,
+        allow_shared_memory=allow_shared_memory,
     )
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))

@@ -93,3 +93,9 @@ class Unauthorized(InferdError):
     """A missing or wrong API key."""
 
     status_code = 401
+
+
+class Forbidden(InferdError):
+    """A request for something the server's configuration turns off."""
+
+    status_code = 403

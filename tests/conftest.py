@@ -42,6 +42,25 @@ def text_package(default_repository: Path) -> Path:
     return default_repository / "minilm-l6"
 
 
+@pytest.fixture(scope="session")
+def chelsea_tensor(default_package: Path) -> np.ndarray:
+    """The cat photo as the default model's input tensor, batch of one."""
+    from PIL import Image
+    from skimage import data
+
+    from inferd.io import to_tensor
+    from inferd.zoo.efficientnet_lite0 import IMAGE
+
+    return to_tensor(Image.fromarray(data.chelsea()), IMAGE)[np.newaxis]
+
+
+def top_label(logits: np.ndarray) -> str:
+    """The default model's ImageNet label for one row of logits."""
+    from inferd.zoo.efficientnet_lite0 import imagenet_labels
+
+    return imagenet_labels()[int(logits.argmax())]
+
+
 def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
     from PIL import Image
 

@@ -142,6 +142,13 @@ def _cases() -> dict[str, dict[str, Any]]:
         "wrong api key": {"body": _tensor_json(small), "auth": {"Authorization": "Bearer nope"}, "status": 401},
         "wrong x-api-key": {"body": _tensor_json(small), "auth": {"X-API-Key": "nope"}, "status": 401},
         "huge body": {"body": b"{" + b" " * (BODY_LIMIT + 10) + b"}", "status": 413},
+        # -- shared memory, off on this server
+        "register shared memory when off": {"path": "/v2/systemsharedmemory/region/in/register",
+                                            "body": b'{"key": "/in", "offset": 0, "byte_size": 16}', "status": 403},
+        "shared memory input when off": {"body": json.dumps({"inputs": [
+            {"name": "image", "shape": small, "datatype": "FP32",
+             "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 602112}}]}).encode(),
+            "status": 403},
     }
     return cases
 

@@ -7,7 +7,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import CAT_LABELS, LiveServer
+from tests.conftest import CAT_LABELS, LiveServer, top_label
 
 MODEL = "efficientnet-lite0"
 
@@ -15,23 +15,6 @@ MODEL = "efficientnet-lite0"
 @pytest.fixture(scope="module")
 def client(server: LiveServer) -> triton.InferenceServerClient:
     return triton.InferenceServerClient(url=server.url.removeprefix("http://"), connection_timeout=30, network_timeout=60)
-
-
-@pytest.fixture(scope="module")
-def chelsea_tensor(default_package: object) -> np.ndarray:
-    from PIL import Image
-    from skimage import data
-
-    from inferd.io import to_tensor
-    from inferd.zoo.efficientnet_lite0 import IMAGE
-
-    return to_tensor(Image.fromarray(data.chelsea()), IMAGE)[np.newaxis]
-
-
-def top_label(logits: np.ndarray) -> str:
-    from inferd.zoo.efficientnet_lite0 import imagenet_labels
-
-    return imagenet_labels()[int(logits.argmax())]
 
 
 def test_server_and_model_metadata(client: triton.InferenceServerClient) -> None:

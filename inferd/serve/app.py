@@ -24,6 +24,7 @@ from inferd.serve.metrics import ServerMetrics
 from inferd.serve.repository import ModelRepository
 from inferd.serve.settings import ServerSettings
 from inferd.serve.v2 import routes as v2
+from inferd.serve.v2.shared_memory import SystemSharedMemory
 
 log = logging.getLogger("inferd.serve")
 
@@ -48,6 +49,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             if poller:
                 poller.cancel()
             await repository.close()
+            app.state.shared_memory.close()
 
     app = FastAPI(
         title="inferd", version=__version__, lifespan=lifespan,
@@ -55,6 +57,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.ready = False
+    app.state.shared_memory = SystemSharedMemory(enabled=settings.allow_shared_memory)
     app.include_router(rest.router)
     app.include_router(v2.router)
     app.router.routes[:0] = v2.fast_infer_routes()

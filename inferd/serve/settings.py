@@ -29,3 +29,4 @@ class ServerSettings(BaseModel):
     api_key: str | None = Field(default_factory=lambda: os.environ.get("INFERD_API_KEY") or None)
     cors_origins: list[str] = Field(default_factory=list)
     access_log: bool = Field(True, description="log one JSON line per request (inferd.access logger)")
+    allow_shared_memory: bool = Field(False, description="let clients on this machine register shared memory")

@@ -24,6 +24,9 @@ Decisions worth knowing:
   numbers beyond a datatype's range are refused rather than clipped or turned into infinity.
 * A BYTES output that is not valid UTF-8 cannot be a JSON string, so it goes out as binary even when JSON was
   asked for: tritonclient reads either form, and nothing is mangled.
+* Tensors in shared memory (Triton's `shared_memory_region`, `shared_memory_byte_size` and
+  `shared_memory_offset` parameters) hold the same bytes as the binary part would, so they are read and checked
+  by the same code; the regions themselves are the caller's `SharedMemory`.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -105,6 +108,25 @@ class InferInput:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class SharedMemoryRef:
+    """Where a tensor lies in a registered shared-memory region."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
+class SharedMemory(Protocol):
+    """The registered regions; every method raises InvalidInput for a region or span that does not exist."""
+
+    def read(self, ref: SharedMemoryRef) -> bytes: ...
+
+    def check(self, ref: SharedMemoryRef) -> None: ...
+
+    def write(self, ref: SharedMemoryRef, data: bytes | memoryview) -> None: ...
+
+
 @dataclass(slots=True)
 class RequestedOutput:
     """An output the client asked for; `binary_data` is None when the client left the choice to the server."""
@@ -112,6 +134,7 @@ class RequestedOutput:
     name: str
     binary_data: bool | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    shared_memory: SharedMemoryRef | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -126,25 +149,31 @@ class InferRequest:
 
 @dataclass(eq=False, slots=True)
 class InferResponse:
-    """What the server answers; outputs are encoded in list order, which is also the binary part's order."""
+    """What the server answers; outputs are encoded in list order, which is also the binary part's order.
+
+    Outputs named in `shared_memory_outputs` are written to their region instead of the body.
+    """
 
     model_name: str
     model_version: str | None = None
     id: str | None = None
     outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+    shared_memory_outputs: dict[str, SharedMemoryRef] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------- decoding
 
 
 def decode_request(
-    body: bytes, header_length: int | str | None = None, *, max_elements: int = DEFAULT_MAX_ELEMENTS
+    body: bytes, header_length: int | str | None = None, *, max_elements: int = DEFAULT_MAX_ELEMENTS,
+    shared_memory: SharedMemory | None = None,
 ) -> InferRequest:
     """Decode a V2 inference request body.
 
     `header_length` is the `Inference-Header-Content-Length` header as received (its string is accepted so the
-    HTTP layer need not validate it); None means the whole body is JSON.
+    HTTP layer need not validate it); None means the whole body is JSON. Without `shared_memory`, tensors in
+    shared memory are refused.
     """
     view = memoryview(body)
     json_length = _json_length(header_length, len(view))
@@ -163,9 +192,9 @@ def decode_request(
             f"{_describe(parameters['binary_data_output'])}"
         )
     binary = _BinaryPart(view[json_length:], header_length is not None)
-    inputs = _decode_inputs(header.get("inputs"), binary, max_elements)
+    inputs = _decode_inputs(header.get("inputs"), binary, max_elements, shared_memory)
     binary.check_consumed()
-    return InferRequest(request_id, inputs, _decode_outputs(header.get("outputs")), parameters)
+    return InferRequest(request_id, inputs, _decode_outputs(header.get("outputs"), shared_memory), parameters)
 
 
 def _json_length(header_length: int | str | None, body_size: int) -> int:
@@ -238,7 +267,9 @@ class _BinaryPart:
             )
 
 
-def _decode_inputs(raw: Any, binary: _BinaryPart, max_elements: int) -> list[InferInput]:
+def _decode_inputs(
+    raw: Any, binary: _BinaryPart, max_elements: int, shared_memory: SharedMemory | None
+) -> list[InferInput]:
     if not isinstance(raw, list) or not raw:
         raise InvalidInput(
             '"inputs" must be a non-empty array of tensors like {"name": "x", "datatype": "FP32", "shape": [2], '
@@ -247,7 +278,7 @@ def _decode_inputs(raw: Any, binary: _BinaryPart, max_elements: int) -> list[Inf
     inputs: list[InferInput] = []
     names: set[str] = set()
     for index, item in enumerate(raw):
-        decoded = _decode_input(index, item, binary, max_elements)
+        decoded = _decode_input(index, item, binary, max_elements, shared_memory)
         if decoded.name in names:
             raise InvalidInput(f"input '{decoded.name}' appears more than once; give each input a unique name")
         names.add(decoded.name)
@@ -255,7 +286,9 @@ def _decode_inputs(raw: Any, binary: _BinaryPart, max_elements: int) -> list[Inf
     return inputs
 
 
-def _decode_input(index: int, item: Any, binary: _BinaryPart, max_elements: int) -> InferInput:
+def _decode_input(
+    index: int, item: Any, binary: _BinaryPart, max_elements: int, shared_memory: SharedMemory | None
+) -> InferInput:
     if not isinstance(item, dict):
         raise InvalidInput(f"inputs[{index}] must be an object with name, datatype, shape and data")
     name = item.get("name")
@@ -271,13 +304,19 @@ def _decode_input(index: int, item: Any, binary: _BinaryPart, max_elements: int)
         )
     parameters = _object(item.get("parameters"), f"input '{name}': parameters")
     size = parameters.pop("binary_data_size", None)
+    reference = _shared_memory_ref(f"input '{name}'", parameters, shared_memory)
     data = item.get("data")
-    if size is not None and data is not None:
+    given = [what for what, value in (("data", data), ("parameters.binary_data_size", size),
+                                      ("parameters.shared_memory_region", reference)) if value is not None]
+    if len(given) > 1:
         raise InvalidInput(
-            f"input '{name}' has both data and parameters.binary_data_size; send the tensor one way: drop data to "
-            "use the binary part, or drop binary_data_size to use the JSON data"
+            f"input '{name}' has {' and '.join(given)}; send the tensor one way only: JSON data, the binary part "
+            "or a shared-memory region"
         )
-    if size is not None:
+    if reference is not None and shared_memory is not None:
+        chunk = memoryview(shared_memory.read(reference))
+        array = _from_binary(name, datatype, shape, count, chunk, "shared_memory_byte_size")
+    elif size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidInput(
                 f"input '{name}': parameters.binary_data_size must be a non-negative integer, got {_describe(size)}"
@@ -291,13 +330,35 @@ def _decode_input(index: int, item: Any, binary: _BinaryPart, max_elements: int)
 
 
 def _no_data_message(name: str, parameters: dict[str, Any]) -> str:
-    message = (
-        f"input '{name}' has no data; put its values in \"data\", or append its bytes after the JSON and set "
-        "parameters.binary_data_size"
+    return (
+        f"input '{name}' has no data; put its values in \"data\", append its bytes after the JSON and set "
+        "parameters.binary_data_size, or name a registered shared-memory region"
     )
-    if "shared_memory_region" in parameters:
-        message += " (shared memory inputs are not supported)"
-    return message
+
+
+def _shared_memory_ref(what: str, parameters: dict[str, Any], shared_memory: SharedMemory | None
+                       ) -> SharedMemoryRef | None:
+    """Lift the shared-memory parameters out of `parameters`: region and byte size together, offset optional."""
+    region = parameters.pop("shared_memory_region", None)
+    byte_size = parameters.pop("shared_memory_byte_size", None)
+    offset = parameters.pop("shared_memory_offset", None)
+    if region is None and byte_size is None and offset is None:
+        return None
+    if region is None or byte_size is None:
+        raise InvalidInput(
+            f"{what}: parameters.shared_memory_region and parameters.shared_memory_byte_size go together; "
+            "give both (and shared_memory_offset if the tensor does not start the region)"
+        )
+    if not isinstance(region, str) or not region:
+        raise InvalidInput(f"{what}: parameters.shared_memory_region must be a region name, got {_describe(region)}")
+    for field_name, value in (("shared_memory_byte_size", byte_size), ("shared_memory_offset", offset)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise InvalidInput(f"{what}: parameters.{field_name} must be a non-negative integer, got {_describe(value)}")
+    if shared_memory is None:
+        raise InvalidInput(f"{what} is in shared memory, which this endpoint does not take; send it in the body")
+    reference = SharedMemoryRef(region, byte_size, offset or 0)
+    shared_memory.check(reference)
+    return reference
 
 
 def _datatype(name: str, raw: Any) -> str:
@@ -330,7 +391,7 @@ def _object(raw: Any, what: str) -> dict[str, Any]:
     return dict(raw)
 
 
-def _decode_outputs(raw: Any) -> list[RequestedOutput] | None:
+def _decode_outputs(raw: Any, shared_memory: SharedMemory | None) -> list[RequestedOutput] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
@@ -338,7 +399,7 @@ def _decode_outputs(raw: Any) -> list[RequestedOutput] | None:
     outputs: list[RequestedOutput] = []
     names: set[str] = set()
     for index, item in enumerate(raw):
-        output = _decode_output(index, item)
+        output = _decode_output(index, item, shared_memory)
         if output.name in names:
             raise InvalidInput(f"output '{output.name}' is requested more than once; list each output once")
         names.add(output.name)
@@ -346,7 +407,7 @@ def _decode_outputs(raw: Any) -> list[RequestedOutput] | None:
     return outputs or None
 
 
-def _decode_output(index: int, item: Any) -> RequestedOutput:
+def _decode_output(index: int, item: Any, shared_memory: SharedMemory | None) -> RequestedOutput:
     if not isinstance(item, dict):
         raise InvalidInput(f'outputs[{index}] must be an object like {{"name": "y"}}, got {_describe(item)}')
     name = item.get("name")
@@ -358,20 +419,23 @@ def _decode_output(index: int, item: Any) -> RequestedOutput:
         raise InvalidInput(
             f"output '{name}': parameters.binary_data must be true or false, got {_describe(binary_data)}"
         )
-    return RequestedOutput(name, binary_data, parameters)
+    reference = _shared_memory_ref(f"output '{name}'", parameters, shared_memory)
+    return RequestedOutput(name, binary_data, parameters, reference)
 
 
 # ---------------------------------------------------------------------------------------------------- binary input
 
 
-def _from_binary(name: str, datatype: str, shape: tuple[int, ...], count: int, chunk: memoryview) -> np.ndarray:
+def _from_binary(name: str, datatype: str, shape: tuple[int, ...], count: int, chunk: memoryview,
+                 size_field: str = "binary_data_size") -> np.ndarray:
+    """`size_field` is the parameter that gave the chunk's size, for the messages."""
     if datatype == "BYTES":
-        return _bytes_from_binary(name, count, chunk).reshape(shape)
+        return _bytes_from_binary(name, count, chunk, size_field).reshape(shape)
     dtype = DATATYPES[datatype]
     needed = count * dtype.itemsize
     if len(chunk) != needed:
         raise InvalidInput(
-            f"input '{name}': binary_data_size is {len(chunk)} bytes but shape {list(shape)} of {datatype} needs "
+            f"input '{name}': {size_field} is {len(chunk)} bytes but shape {list(shape)} of {datatype} needs "
             f"{needed} ({count} elements of {dtype.itemsize} bytes); fix the shape, datatype or binary data"
         )
     if datatype == "BOOL":
@@ -391,7 +455,7 @@ def _bools_from_binary(name: str, chunk: memoryview) -> np.ndarray:
     return raw.view(np.bool_)
 
 
-def _bytes_from_binary(name: str, count: int, chunk: memoryview) -> np.ndarray:
+def _bytes_from_binary(name: str, count: int, chunk: memoryview, size_field: str) -> np.ndarray:
     """Walk the 4-byte little-endian length prefixes; the size check up front keeps a huge shape from allocating.
 
     The prefixes chain, so this cannot be vectorized; the loop is kept to one unpack, one check and one slice.
@@ -400,7 +464,7 @@ def _bytes_from_binary(name: str, count: int, chunk: memoryview) -> np.ndarray:
     end = len(data)
     if 4 * count > end:
         raise InvalidInput(
-            f"input '{name}': binary_data_size is {end} bytes, too small for {count} BYTES elements; each element "
+            f"input '{name}': {size_field} is {end} bytes, too small for {count} BYTES elements; each element "
             "is a 4-byte little-endian length followed by that many bytes"
         )
     unpack = _U32.unpack_from
@@ -413,7 +477,7 @@ def _bytes_from_binary(name: str, count: int, chunk: memoryview) -> np.ndarray:
             if offset > end:
                 raise InvalidInput(
                     f"input '{name}': BYTES element {index} declares {length} bytes but only {end - start} remain "
-                    f"within its binary_data_size of {end}"
+                    f"within its {size_field} of {end}"
                 )
             items.append(data[start:offset])
     except struct.error:
@@ -424,7 +488,7 @@ def _bytes_from_binary(name: str, count: int, chunk: memoryview) -> np.ndarray:
     if offset != end:
         raise InvalidInput(
             f"input '{name}': {end - offset} bytes are left over after the {count} BYTES elements its shape holds; "
-            "binary_data_size must cover exactly the length-prefixed elements"
+            f"{size_field} must cover exactly the length-prefixed elements"
         )
     return _object_array(items)
 
@@ -556,11 +620,13 @@ def _object_array(items: list[Any]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- encoding
 
 
-def encode_response(response: InferResponse, *, binary_outputs: set[str] | bool) -> tuple[bytes, int | None]:
+def encode_response(
+    response: InferResponse, *, binary_outputs: set[str] | bool, shared_memory: SharedMemory | None = None
+) -> tuple[bytes, int | None]:
     """Encode a response; returns the body and the JSON part's length, or None when there is no binary part.
 
     `binary_outputs` is True or False for all outputs, or the names of those to send as binary
-    (see `binary_outputs_for`).
+    (see `binary_outputs_for`); `shared_memory` receives the outputs in `response.shared_memory_outputs`.
     """
     header: dict[str, Any] = {"model_name": response.model_name}
     if response.model_version is not None:
@@ -575,6 +641,11 @@ def encode_response(response: InferResponse, *, binary_outputs: set[str] | bool)
         array = np.asarray(output)
         datatype = datatype_of(array.dtype)
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        reference = response.shared_memory_outputs.get(name)
+        if reference is not None:
+            tensor["parameters"] = _to_shared_memory(name, datatype, array, reference, shared_memory)
+            tensors.append(tensor)
+            continue
         wants_binary = binary_outputs if isinstance(binary_outputs, bool) else name in binary_outputs
         values = None if wants_binary else _json_values(datatype, array)
         if values is None:
@@ -590,6 +661,24 @@ def encode_response(response: InferResponse, *, binary_outputs: set[str] | bool)
     if not chunks:
         return text, None
     return b"".join([text, *chunks]), len(text)
+
+
+def _to_shared_memory(name: str, datatype: str, array: np.ndarray, reference: SharedMemoryRef,
+                      shared_memory: SharedMemory | None) -> dict[str, Any]:
+    """Write an output to its region; the response keeps its name, datatype and shape, and says where it went."""
+    if shared_memory is None:
+        raise InvalidInput(f"output '{name}' is asked for in shared memory, which this endpoint does not write")
+    chunk = _binary_values(datatype, array)
+    if len(chunk) > reference.byte_size:
+        raise InvalidInput(
+            f"output '{name}' is {len(chunk)} bytes ({datatype}, shape {list(array.shape)}) but its "
+            f"shared_memory_byte_size is {reference.byte_size}; give it a region of at least {len(chunk)} bytes"
+        )
+    shared_memory.write(reference, chunk)
+    parameters: dict[str, Any] = {"shared_memory_region": reference.region, "shared_memory_byte_size": len(chunk)}
+    if reference.offset:
+        parameters["shared_memory_offset"] = reference.offset
+    return parameters
 
 
 def _json_values(datatype: str, array: np.ndarray) -> list[Any] | None:

@@ -15,6 +15,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field, ValidationError
 from starlette.routing import Route
 
 from inferd import __version__
@@ -28,11 +29,13 @@ from inferd.serve.v2.codec import (
     InferInput,
     InferRequest,
     InferResponse,
+    SharedMemoryRef,
     binary_outputs_for,
     datatype_of,
     decode_request,
     encode_response,
 )
+from inferd.serve.v2.shared_memory import SystemSharedMemory
 from inferd.types import ImageType, TextType
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
@@ -45,13 +48,19 @@ def _repository(request: Request) -> ModelRepository:
     return repository
 
 
+def _shared_memory(request: Request) -> SystemSharedMemory:
+    shared_memory: SystemSharedMemory = request.app.state.shared_memory
+    return shared_memory
+
+
 def _datatype(dtype: str) -> str:
     return datatype_of(np.dtype(object if dtype == "string" else dtype))
 
 
 @router.get("")
-async def server_metadata() -> dict[str, Any]:
-    return {"name": "inferd", "version": __version__, "extensions": EXTENSIONS}
+async def server_metadata(request: Request) -> dict[str, Any]:
+    extensions = [*EXTENSIONS, "system_shared_memory"] if _shared_memory(request).enabled else EXTENSIONS
+    return {"name": "inferd", "version": __version__, "extensions": extensions}
 
 
 @router.get("/health/live")
@@ -169,6 +178,46 @@ async def unload_model(request: Request, model: str) -> dict[str, str]:
     return {"name": model, "state": "UNAVAILABLE"}
 
 
+# -- system shared memory (on with --allow-shared-memory) ----------------------------------------
+
+
+class RegionRegistration(BaseModel):
+    key: str = Field(description="POSIX shared-memory name of the object, e.g. /input0")
+    offset: int = Field(0, ge=0, description="where the region starts in the object, in bytes")
+    byte_size: int = Field(gt=0, description="the region's size in bytes")
+
+
+@router.get("/systemsharedmemory/status")
+@router.get("/systemsharedmemory/region/{region}/status")
+async def shared_memory_status(request: Request, region: str | None = None) -> list[dict[str, Any]]:
+    return _shared_memory(request).status(region)
+
+
+_REGISTRATION_BODY = {"required": True, "content": {"application/json": {
+    "schema": RegionRegistration.model_json_schema()}}}
+
+
+@router.post("/systemsharedmemory/region/{region}/register", openapi_extra={"requestBody": _REGISTRATION_BODY})
+async def register_shared_memory(request: Request, region: str) -> dict[str, Any]:
+    """The body is read by hand: tritonclient sends its JSON without a JSON content type."""
+    try:
+        registration = RegionRegistration.model_validate_json(await request.body())
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(
+            f'the register body must be JSON like {{"key": "/input0", "offset": 0, "byte_size": 1024}}: {problems}'
+        ) from None
+    _shared_memory(request).register(region, registration.key, registration.offset, registration.byte_size)
+    return {}
+
+
+@router.post("/systemsharedmemory/unregister")
+@router.post("/systemsharedmemory/region/{region}/unregister")
+async def unregister_shared_memory(request: Request, region: str | None = None) -> dict[str, Any]:
+    _shared_memory(request).unregister(region)
+    return {}
+
+
 # -- inference ---------------------------------------------------------------------------------
 
 
@@ -178,15 +227,18 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     entry = _repository(request).get(model, version)
     entry.batcher.admit()  # refuse overload before buffering the body: memory stays flat under a flood
     body = await request.body()
-    decoded = decode_request(body, request.headers.get(INFERENCE_HEADER))
+    shared_memory = _shared_memory(request)
+    decoded = decode_request(body, request.headers.get(INFERENCE_HEADER), shared_memory=shared_memory)
     settings = request.app.state.settings
     feeds = await _feeds(entry, decoded, settings.max_image_pixels)
     outputs = await entry.infer(feeds, timeout_s=_timeout_s(decoded), disconnected=when_client_gone(request))
     response = InferResponse(
         model_name=entry.name, model_version=entry.version, id=decoded.id,
-        outputs=_requested_outputs(entry, decoded, outputs),
+        outputs=_requested_outputs(entry, decoded, outputs), shared_memory_outputs=_output_regions(decoded),
     )
-    payload, header_length = encode_response(response, binary_outputs=binary_outputs_for(decoded, default_binary=False))
+    payload, header_length = encode_response(
+        response, binary_outputs=binary_outputs_for(decoded, default_binary=False), shared_memory=shared_memory
+    )
     if header_length is None:
         return Response(payload, media_type="application/json")
     return Response(payload, media_type="application/octet-stream", headers={INFERENCE_HEADER: str(header_length)})
@@ -207,6 +259,10 @@ def fast_infer_routes() -> list[Route]:
 
     return [Route(f"{router.prefix}{path}", endpoint, methods=["POST"], include_in_schema=False)
             for path in ("/models/{model}/infer", "/models/{model}/versions/{version}/infer")]
+
+
+def _output_regions(decoded: InferRequest) -> dict[str, SharedMemoryRef]:
+    return {o.name: o.shared_memory for o in decoded.outputs or () if o.shared_memory is not None}
 
 
 def _timeout_s(decoded: InferRequest) -> float | None:
