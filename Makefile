@@ -39,7 +39,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check inferd tests benchmarks
-	$(BIN)/mypy inferd
+	$(BIN)/mypy inferd benchmarks
 
 bench: $(STAMP) $(MODELS)
 	mkdir -p benchmarks/results

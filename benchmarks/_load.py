@@ -238,7 +238,11 @@ class Server:
         self.flags = flags
         self.argv = [*inferd_command(), "serve", str(repository), "--host", HOST, "--port", str(self.port)]
         for key, value in flags.items():
-            self.argv += [f"--{key.replace('_', '-')}", str(value)]
+            option = key.replace("_", "-")
+            if isinstance(value, bool):
+                self.argv.append(f"--{option}" if value else f"--no-{option}")
+            else:
+                self.argv += [f"--{option}", str(value)]
         self.log_path = log_dir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
@@ -362,7 +366,11 @@ def jpeg_bytes_body(jpeg: bytes) -> tuple[bytes, int]:
 
 
 def write_payloads(kind: str, directory: Path, package: Path = DEFAULT_PACKAGE) -> list[dict[str, Any]]:
-    """Write one request body per photo; returns what the generator's spec needs ("path", "header_length")."""
+    """Write one request body per photo; returns what the generator's spec needs ("path", "header_length").
+
+    Kind "shared_memory" writes the bare tensor, which the generator copies into a registered region before
+    each request (see `_SharedMemoryInputs`); "input" then describes it.
+    """
     from inferd.io import preprocess_image
     from inferd.package import ModelPackage
     from inferd.types import ImageType
@@ -376,11 +384,15 @@ def write_payloads(kind: str, directory: Path, package: Path = DEFAULT_PACKAGE) 
             body, header_length = binary_tensor_body(preprocess_image(jpeg, spec)[None])
         elif kind == "jpeg":
             body, header_length = jpeg_bytes_body(jpeg)
+        elif kind == "shared_memory":
+            tensor = preprocess_image(jpeg, spec)[None]
+            body, header_length = tensor.tobytes(), 0
         else:
             raise ValueError(kind)
         path = directory / f"{kind}-{name}.bin"
         path.write_bytes(body)
-        payloads.append({"path": str(path), "header_length": header_length, "bytes": len(body), "image": name})
+        payloads.append({"path": str(path), "header_length": header_length, "bytes": len(body), "image": name,
+                         "input": {"name": spec.name, "shape": [1, *spec.shape[1:]], "datatype": "FP32"}})
     return payloads
 
 
@@ -543,7 +555,7 @@ class _RawClient:
             connection = self._idle.pop() if self._idle else None
             if connection is None or connection.closed:
                 _, connection = await asyncio.get_running_loop().create_connection(
-                    _RawConnection, parts.hostname, parts.port)
+                    _RawConnection, parts.hostname or HOST, parts.port or 80)
             try:
                 answer = await connection.exchange(head, body)
             except BaseException:
@@ -597,12 +609,71 @@ class _Client:
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any, bytes]:
         if self.kind == "raw":
             async with asyncio.timeout(self.timeout_s):
-                return await self._session.post(url, body, headers)  # type: ignore[no-any-return]
+                return await self._session.post(url, body, headers)
         if self.kind == "httpx":
             response = await self._session.post(url, content=body, headers=headers)
             return response.status_code, response.headers, response.content
         async with self._session.post(url, data=body, headers=headers) as response:
             return response.status, response.headers, await response.read()
+
+
+class _SharedMemoryInputs:
+    """Triton's system shared memory from the client side: one region per concurrent request slot, holding
+    the input tensor and, after it, the output; each request copies its tensor in and the output out, which
+    is what a local client does instead of sending and receiving the bytes."""
+
+    def __init__(self, payloads: list[dict[str, Any]], slots: int, output_bytes: int) -> None:
+        from multiprocessing import shared_memory
+
+        self.tensors = [Path(p["path"]).read_bytes() for p in payloads]
+        self.input_bytes = len(self.tensors[0])
+        if any(len(t) != self.input_bytes for t in self.tensors):
+            raise ValueError("shared memory payloads must all have one shape")
+        self.output_bytes = output_bytes
+        prefix = f"inferd-bench-{os.getpid()}"
+        self.regions = [shared_memory.SharedMemory(f"{prefix}-{k}", create=True,
+                                                   size=self.input_bytes + output_bytes) for k in range(slots)]
+        self.views = [memoryview(region.buf or b"") for region in self.regions]
+        self.bodies = [json.dumps({
+            "inputs": [{**payloads[0]["input"], "parameters": {
+                "shared_memory_region": region.name, "shared_memory_byte_size": self.input_bytes}}],
+            "outputs": [{"name": "logits", "parameters": {
+                "shared_memory_region": region.name, "shared_memory_byte_size": output_bytes,
+                "shared_memory_offset": self.input_bytes}}],
+        }).encode() for region in self.regions]
+
+    async def register(self, client: _Client, url: str) -> None:
+        """Register every region under its own (process-unique) name."""
+        for region in self.regions:
+            body = json.dumps({"key": f"/{region.name}", "offset": 0, "byte_size": region.size}).encode()
+            await self._call(client, url, f"region/{region.name}/register", body)
+
+    async def unregister(self, client: _Client, url: str) -> None:
+        for region in self.regions:
+            await self._call(client, url, f"region/{region.name}/unregister", b"")
+
+    @staticmethod
+    async def _call(client: _Client, url: str, action: str, body: bytes) -> None:
+        base = url.split("/v2/", 1)[0]
+        status, _, answer = await client.post(f"{base}/v2/systemsharedmemory/{action}", body,
+                                              {"Content-Type": "application/json"})
+        if status != 200:
+            raise RuntimeError(f"shared memory {action} failed: {status} {answer[:200]!r}")
+
+    def request(self, index: int, slot: int) -> bytes:
+        """Copy the tensor into the slot's region; the body, which only names the region, never changes."""
+        self.views[slot][:self.input_bytes] = self.tensors[index % len(self.tensors)]
+        return self.bodies[slot]
+
+    def output(self, slot: int) -> bytes:
+        return bytes(self.views[slot][self.input_bytes:self.input_bytes + self.output_bytes])
+
+    def close(self) -> None:
+        for view in self.views:
+            view.release()
+        for region in self.regions:
+            region.close()
+            region.unlink()
 
 
 def _cpu_seconds() -> float:
@@ -624,17 +695,29 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
     skipped = 0
     max_lag = 0.0
 
+    shared = _SharedMemoryInputs(spec["payloads"], cap, expected_output) if spec.get("shared_memory") else None
+    if shared and mode != "closed":
+        raise ValueError("shared memory inputs need the closed mode: one region per concurrent request")
+
     async with _Client(spec.get("client", "aiohttp"), cap, timeout) as client:
+        if shared:
+            await shared.register(client, spec["url"])
 
         async def one(index: int) -> bool:
-            body, header_length = bodies[index % len(bodies)]
-            headers = {INFERENCE_HEADER: header_length, "Content-Type": "application/octet-stream"}
             started = clock()
+            if shared:
+                body, headers = shared.request(index, index % cap), {"Content-Type": "application/json"}
+            else:
+                body, header_length = bodies[index % len(bodies)]
+                headers = {INFERENCE_HEADER: header_length, "Content-Type": "application/octet-stream"}
             status, retry, version, error = 0, None, None, None
             try:
                 status, response_headers, payload = await client.post(spec["url"], body, headers)
                 retry = response_headers.get("Retry-After")
-                if status == 200:
+                if status == 200 and shared:
+                    if INFERENCE_HEADER in response_headers or len(shared.output(index % cap)) != expected_output:
+                        error = "unexpected_body"
+                elif status == 200:
                     length = int(response_headers.get(INFERENCE_HEADER, "0") or 0)
                     if length == 0 or len(payload) != length + expected_output:
                         error = "unexpected_body"
@@ -686,6 +769,9 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
                 await asyncio.wait(tasks, timeout=timeout + 10)
         elapsed = clock() - t0
         client_cpu = _cpu_seconds() - cpu_start
+        if shared:
+            await shared.unregister(client, spec["url"])
+            shared.close()
 
     in_window = [r for r in records if 0 <= r[0] < duration]
     finished_in_window = [r for r in records if 0 <= r[0] + r[1] <= duration]

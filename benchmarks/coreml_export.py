@@ -13,6 +13,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -36,7 +37,7 @@ VARIANTS = [  # (precision, target, compress)
 def main() -> None:
     package = efficientnet_lite0.prepare(ROOT / "models")
     to_coreml(package, Path(tempfile.mkdtemp()) / "warm.mlpackage")  # imports and first-call costs out of the timings
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as directory:
         for index, (precision, target, compress) in enumerate(VARIANTS):
             started = time.perf_counter()

@@ -98,12 +98,13 @@ def main() -> None:
     photos = np.stack(augmented_photos(IMAGE, 32, seed=2))
     model = built(photos)
     with tempfile.TemporaryDirectory(prefix="inferd-resnet50-") as tmp:
+        fp32_path, int8_path = Path(tmp) / "fp32", Path(tmp) / "int8"
         fp32 = convert_pytorch(model, inputs=[IMAGE], outputs=["logits"], metadata={"name": "resnet50"},
-                               sample_inputs=[{"image": p} for p in photos[:4]]).save(Path(tmp) / "fp32")
-        int8 = quantize_static(fp32, None, samples=64).save(Path(tmp) / "int8")
+                               sample_inputs=[{"image": p} for p in photos[:4]]).save(fp32_path)
+        quantize_static(fp32, None, samples=64).save(int8_path)
         models = {
             f"{package}-{backend}": load(path, backend=backend)
-            for package, path in (("fp32", fp32.path), ("int8", int8.path))
+            for package, path in (("fp32", fp32_path), ("int8", int8_path))
             for backend in ("onnxruntime", "openvino")
         }
         latency = timed(models, {"image": photos[:1]})

@@ -12,9 +12,11 @@ p50 between runs of one day. Phases measured one after the other would credit or
       2-stream model. The fastest tensor mode and the fastest JPEG mode are what the server is held to.
   (b) throughput, server with --max-batch-size 8 --max-queue-delay-ms 2, concurrency 8: binary V2 FP32
       tensors against the fastest tensor mode, JPEG files as V2 BYTES (decoded by the server) against the
-      fastest JPEG mode, interleaved; then concurrency 8 binary with aiohttp, for reference.
+      fastest JPEG mode, interleaved; then concurrency 8 binary with aiohttp, for reference; then tensors
+      in Triton system shared memory (the client copies each tensor into its region and the logits out).
   (c) added latency, server with --max-queue-delay-ms 0, concurrency 1: server median minus engine median at
-      batch 1 for the same input, binary against tensors and JPEG against JPEG, interleaved.
+      batch 1 for the same input, binary against tensors and JPEG against JPEG, interleaved; then shared
+      memory against tensors.
   (d) batching gain: concurrency 16 with --max-batch-size 1 (no batching), 8 (the server of (b)) and 16.
 
     .venv/bin/python benchmarks/server_throughput.py            # about 5 minutes
@@ -56,10 +58,12 @@ class Engine:
 
         import inferd
         from inferd.io import preprocess_image
+        from inferd.types import ImageType
 
         self.model = inferd.load(package)
         self.streams2 = inferd.load(package, streams=2)
         spec = self.model.manifest.inputs[0]
+        assert isinstance(spec, ImageType), "the benchmark needs a model whose input is an image"
         tensors = [preprocess_image(j, spec)[None] for j in jpegs]
         stacked8 = np.ascontiguousarray(np.concatenate([tensors[i % len(tensors)] for i in range(8)]))
         stacked4 = np.ascontiguousarray(stacked8[:4])
@@ -122,7 +126,7 @@ def summarized(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def interleaved(engine: Engine, mode: str, server: L.Server, payloads: list[dict[str, Any]], concurrency: int,
-                block_s: float, rounds: int, work: Path, client: str) -> dict[str, Any]:
+                block_s: float, rounds: int, work: Path, client: str, shared_memory: bool = False) -> dict[str, Any]:
     """Engine-only `mode` and the server at `concurrency` in alternating blocks of `block_s` seconds.
 
     Throughputs are the mean over blocks (all blocks are equally long); latency percentiles pool every block.
@@ -131,7 +135,7 @@ def interleaved(engine: Engine, mode: str, server: L.Server, payloads: list[dict
     for _ in range(rounds):
         engine_runs.append(engine.run(mode, block_s))
         spec = L.closed_spec(f"{server.url}/v2/models/{L.MODEL}/infer", payloads, concurrency, block_s,
-                             warmup_s=WARMUP_S, client=client, records=True)
+                             warmup_s=WARMUP_S, client=client, records=True, shared_memory=shared_memory)
         server_runs.append(L.run_load(spec, work, server))
     engine_latencies = [s for run in engine_runs for s in run["latencies_s"]]
     server_latencies = [r[1] for run in server_runs for r in run.pop("records")
@@ -182,8 +186,9 @@ def main() -> None:
         work = Path(tmp)
         binary = L.write_payloads("binary", work / "payloads", args.package)
         jpeg = L.write_payloads("jpeg", work / "payloads", args.package)
-        result["payloads"] = {"binary": [{k: p[k] for k in ("image", "bytes")} for p in binary],
-                              "jpeg": [{k: p[k] for k in ("image", "bytes")} for p in jpeg]}
+        shm = L.write_payloads("shared_memory", work / "payloads", args.package)
+        result["payloads"] = {kind: [{k: p[k] for k in ("image", "bytes")} for p in payloads]
+                              for kind, payloads in (("binary", binary), ("jpeg", jpeg), ("shared_memory", shm))}
 
         print("(a) engine only ...", flush=True)
         engine = Engine(args.package, list(L.photos_as_jpeg().values()))
@@ -203,22 +208,25 @@ def main() -> None:
 
         def rounds(mode: str, server: L.Server, payloads: list[dict[str, Any]], concurrency: int,
                    block_s: float) -> dict[str, Any]:
-            return interleaved(engine, mode, server, payloads, concurrency, block_s * scale, ROUNDS, work, args.client)
+            return interleaved(engine, mode, server, payloads, concurrency, block_s * scale, ROUNDS, work, args.client,
+                               shared_memory=payloads is shm)
 
         servers: dict[str, Any] = {}
         print(f"(b) concurrency 8 against {best_tensor} and {best_jpeg}, interleaved ...", flush=True)
-        with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=2) as server:
+        with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=2, allow_shared_memory=True) as server:
             servers["batch8_delay2"] = server.describe()
             result["c8_binary"] = rounds(best_tensor, server, binary, 8, THROUGHPUT_BLOCK_S)
             result["c8_jpeg"] = rounds(best_jpeg, server, jpeg, 8, THROUGHPUT_BLOCK_S)
             if args.client != "aiohttp":
                 result["c8_binary_aiohttp"] = load(server, binary, 8, REFERENCE_S, client="aiohttp")
+            result["c8_shared_memory"] = rounds(best_tensor, server, shm, 8, THROUGHPUT_BLOCK_S)
             c16_batch8 = load(server, binary, 16, BATCHING_C16_S)
         print("(c) concurrency 1 against batch 1, interleaved ...", flush=True)
-        with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=0) as server:
+        with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=0, allow_shared_memory=True) as server:
             servers["batch8_delay0"] = server.describe()
             result["c1_binary"] = rounds("predict_batch1", server, binary, 1, LATENCY_BLOCK_S)
             result["c1_jpeg"] = rounds("jpeg_batch1", server, jpeg, 1, LATENCY_BLOCK_S)
+            result["c1_shared_memory"] = rounds("predict_batch1", server, shm, 1, LATENCY_BLOCK_S)
         engine.close()
         print("(d) concurrency 16 with batching off, and at batch 16 ...", flush=True)
         with L.Server(repository, work, max_batch_size=1, max_queue_delay_ms=0) as server:
@@ -249,13 +257,16 @@ def main() -> None:
     result["summary"] = {
         "c8_binary": throughput(result["c8_binary"]),
         "c8_jpeg": throughput(result["c8_jpeg"]),
+        "c8_shared_memory": throughput(result["c8_shared_memory"]),
         "c8_binary_aiohttp_rps": reference["throughput_rps"] if reference else None,
         "c1_binary": latency(result["c1_binary"]),
         "c1_jpeg": latency(result["c1_jpeg"]),
+        "c1_shared_memory": latency(result["c1_shared_memory"]),
         "batching_c16": {name: c16(run) for name, run in result["batching_c16"].items()},
         "engine_survey_images_per_s": {mode: run["images_per_s"] for mode, run in survey.items()},
         "failed_requests": sum(failures(run) for run in (
-            result["c8_binary"], result["c8_jpeg"], result["c1_binary"], result["c1_jpeg"],
+            result["c8_binary"], result["c8_jpeg"], result["c8_shared_memory"], result["c1_binary"],
+            result["c1_jpeg"], result["c1_shared_memory"],
             *([reference] if reference else []), c16_batch1, c16_batch8, c16_batch16)),
     }
     result["total_wall_s"] = round(time.time() - started, 1)
@@ -265,15 +276,15 @@ def main() -> None:
     s = result["summary"]
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores; client {args.client}")
     print("engine survey (img/s): " + ", ".join(f"{m} {r}" for m, r in s["engine_survey_images_per_s"].items()))
-    for key in ("c8_binary", "c8_jpeg"):
+    for key in ("c8_binary", "c8_jpeg", "c8_shared_memory"):
         row = s[key]
-        print(f"{key:9s}: server {row['server_rps']:.1f} req/s vs {row['engine_mode']} "
+        print(f"{key:16s}: server {row['server_rps']:.1f} req/s vs {row['engine_mode']} "
               f"{row['engine_images_per_s']:.1f} img/s = {row['server_over_engine']:.3f}x (interleaved)")
     if reference:
         print(f"c8 binary with aiohttp: {reference['throughput_rps']:.1f} req/s")
-    for key in ("c1_binary", "c1_jpeg"):
+    for key in ("c1_binary", "c1_jpeg", "c1_shared_memory"):
         row = s[key]
-        print(f"{key:9s}: server p50 {row['server_p50_ms']:.2f} ms - engine p50 {row['engine_p50_ms']:.2f} ms "
+        print(f"{key:16s}: server p50 {row['server_p50_ms']:.2f} ms - engine p50 {row['engine_p50_ms']:.2f} ms "
               f"= {row['added_latency_p50_ms']:.2f} ms added (interleaved)")
     for name, row in s["batching_c16"].items():
         print(f"c16 {name:18s}: {row['throughput_rps']:.1f} req/s ({row['throughput_vs_batch1']}x), "
