@@ -18,13 +18,15 @@ from tests.conftest import CAT_LABELS, LiveServer, top_label
 from tests.test_v2_tritonclient import MODEL
 
 LOGITS_BYTES = 1000 * 4
+BODY_LIMIT = 1024 * 1024  # one 600 KB image fits, two do not
 
 
 @pytest.fixture(scope="module")
 def shm_server(default_repository: Path) -> Iterator[LiveServer]:
     from inferd.serve import ServerSettings
 
-    with LiveServer(ServerSettings(repository=default_repository, allow_shared_memory=True)) as live:
+    settings = ServerSettings(repository=default_repository, allow_shared_memory=True, max_body_bytes=BODY_LIMIT)
+    with LiveServer(settings) as live:
         yield live
 
 
@@ -130,32 +132,34 @@ def test_registration_errors(client: triton.InferenceServerClient, regions: dict
     assert "no shared-memory region 'nope'" in _error(lambda: client.get_system_shared_memory_status("nope"))
 
 
-def _request(url: str, image_params: dict[str, Any],
-             output_params: dict[str, Any] | None = None) -> str:
-    image: dict[str, Any] = {"name": "image", "shape": [1, 3, 224, 224], "datatype": "FP32",
+def _request(url: str, image_params: dict[str, Any], output_params: dict[str, Any] | None = None,
+             status: int = 400, rows: int = 1) -> str:
+    image: dict[str, Any] = {"name": "image", "shape": [rows, 3, 224, 224], "datatype": "FP32",
                              "parameters": image_params}
     body: dict[str, Any] = {"inputs": [image]}
     if output_params is not None:
         body["outputs"] = [{"name": "logits", "parameters": output_params}]
     response = httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=60)
-    assert response.status_code == 400, response.text
+    assert response.status_code == status, response.text
     return str(response.json()["error"])
 
 
 def test_inference_errors_leave_the_server_serving(client: triton.InferenceServerClient, shm_server: LiveServer,
                                                    regions: dict[str, Any], chelsea_tensor: np.ndarray) -> None:
     url, size = shm_server.url, chelsea_tensor.nbytes
-    handle, key = regions["make"]("in", size)
+    handle, key = regions["make"]("in", 2 * size)  # room for two images, which the body limit refuses
     shm.set_shared_memory_region(handle, [chelsea_tensor])
-    client.register_system_shared_memory("in", key, size)
+    client.register_system_shared_memory("in", key, 2 * size)
     good = {"shared_memory_region": "in", "shared_memory_byte_size": size}
 
     assert "no shared-memory region 'gone'" in _request(url, {**good, "shared_memory_region": "gone"})
-    assert "reaches past its end" in _request(url, {**good, "shared_memory_offset": 4})
+    assert "reaches past its end" in _request(url, {**good, "shared_memory_offset": size + 4})
     assert "shared_memory_byte_size is 1024 bytes" in _request(url, {**good, "shared_memory_byte_size": 1024})
     assert "go together" in _request(url, {"shared_memory_region": "in"})
     assert "non-negative integer" in _request(url, {**good, "shared_memory_byte_size": "all"})
     assert "one way only" in _request(url, {**good, "binary_data_size": size})
+    two = {**good, "shared_memory_byte_size": 2 * size}
+    assert "over the server's limit" in _request(url, two, status=413, rows=2)
     assert "at least 4000 bytes" in _request(
         url, good, {"shared_memory_region": "in", "shared_memory_byte_size": 100})
 

@@ -57,7 +57,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.ready = False
-    app.state.shared_memory = SystemSharedMemory(enabled=settings.allow_shared_memory)
+    app.state.shared_memory = SystemSharedMemory(settings.allow_shared_memory, max_read_bytes=settings.max_body_bytes)
     app.include_router(rest.router)
     app.include_router(v2.router)
     app.router.routes[:0] = v2.fast_infer_routes()

@@ -14,6 +14,8 @@ Decisions worth knowing:
   input region while its request waits in the queue cannot change what is computed.
 * Every access first checks the object's current size: a client that shrinks an object after registering it
   gets an error, not a server killed by SIGBUS.
+* A tensor read from a region is held to the same limit as a request body (`--max-body-bytes`), since the
+  copy costs the event loop as much.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from inferd.errors import Forbidden, InvalidInput
+from inferd.errors import Forbidden, InvalidInput, PayloadTooLarge
 from inferd.serve.v2.codec import SharedMemoryRef
 
 _KEY = re.compile(r"/?[A-Za-z0-9_.\-]{1,250}")
@@ -75,8 +77,9 @@ class _Region:
 class SystemSharedMemory:
     """The registered regions, by name; used from the event loop only, so it needs no lock."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, max_read_bytes: int) -> None:
         self.enabled = enabled
+        self.max_read_bytes = max_read_bytes
         self._regions: dict[str, _Region] = {}
 
     def _check_enabled(self) -> None:
@@ -131,6 +134,11 @@ class SystemSharedMemory:
         return [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]
 
     def read(self, ref: SharedMemoryRef) -> bytes:
+        if ref.byte_size > self.max_read_bytes:
+            raise PayloadTooLarge(
+                f"the tensor in shared-memory region {ref.region!r} is {ref.byte_size} bytes, over the server's "
+                f"limit of {self.max_read_bytes} (--max-body-bytes); split the request into smaller batches"
+            )
         region = self._region(ref.region)
         return region.mapping[region.span(ref)]
 
