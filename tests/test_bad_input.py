@@ -145,6 +145,7 @@ def _cases() -> dict[str, dict[str, Any]]:
         # -- shared memory, off on this server
         "register shared memory when off": {"path": "/v2/systemsharedmemory/region/in/register",
                                             "body": b'{"key": "/in", "offset": 0, "byte_size": 16}', "status": 403},
+        "shared memory status when off": {"path": "/v2/systemsharedmemory/status", "method": "GET", "status": 403},
         "shared memory input when off": {"body": json.dumps({"inputs": [
             {"name": "image", "shape": small, "datatype": "FP32",
              "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 602112}}]}).encode(),

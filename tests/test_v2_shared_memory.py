@@ -120,8 +120,12 @@ def _error(call: Any) -> str:
     return str(caught.value.message())
 
 
-def test_registration_errors(client: triton.InferenceServerClient, regions: dict[str, Any]) -> None:
+def test_registration_errors(client: triton.InferenceServerClient, shm_server: LiveServer,
+                             regions: dict[str, Any]) -> None:
     _, key = regions["make"]("reg", 1024)
+    for body in (b"nope", b'{"key": "/x"}', b'{"key": "/x", "byte_size": -1}'):
+        answer = httpx.post(f"{shm_server.url}/v2/systemsharedmemory/region/x/register", content=body)
+        assert answer.status_code == 400 and "must be JSON like" in answer.json()["error"], answer.text
     assert "no shared-memory object" in _error(lambda: client.register_system_shared_memory("x", "/no-such", 8))
     assert "not a POSIX shared-memory name" in _error(
         lambda: client.register_system_shared_memory("x", "/../../etc/passwd", 8))

@@ -200,6 +200,8 @@ _REGISTRATION_BODY = {"required": True, "content": {"application/json": {
 @router.post("/systemsharedmemory/region/{region}/register", openapi_extra={"requestBody": _REGISTRATION_BODY})
 async def register_shared_memory(request: Request, region: str) -> dict[str, Any]:
     """The body is read by hand: tritonclient sends its JSON without a JSON content type."""
+    shared_memory = _shared_memory(request)
+    shared_memory.check_enabled()
     try:
         registration = RegionRegistration.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -207,7 +209,7 @@ async def register_shared_memory(request: Request, region: str) -> dict[str, Any
         raise InvalidInput(
             f'the register body must be JSON like {{"key": "/input0", "offset": 0, "byte_size": 1024}}: {problems}'
         ) from None
-    _shared_memory(request).register(region, registration.key, registration.offset, registration.byte_size)
+    shared_memory.register(region, registration.key, registration.offset, registration.byte_size)
     return {}
 
 

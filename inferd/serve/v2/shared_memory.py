@@ -82,7 +82,8 @@ class SystemSharedMemory:
         self.max_read_bytes = max_read_bytes
         self._regions: dict[str, _Region] = {}
 
-    def _check_enabled(self) -> None:
+    def check_enabled(self) -> None:
+        """Raise Forbidden unless the server allows shared memory; every other method calls it first."""
         if not self.enabled:
             raise Forbidden(
                 "system shared memory is off on this server; start it with --allow-shared-memory to let clients on "
@@ -90,7 +91,7 @@ class SystemSharedMemory:
             )
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        self._check_enabled()
+        self.check_enabled()
         if not name or len(name) > _MAX_NAME:
             raise InvalidInput(f"a region name must be 1 to {_MAX_NAME} characters")
         if name in self._regions:
@@ -123,13 +124,13 @@ class SystemSharedMemory:
 
     def unregister(self, name: str | None = None) -> None:
         """Unregister one region, or all; a name that is not registered is not an error, so clean-up can repeat."""
-        self._check_enabled()
+        self.check_enabled()
         names = list(self._regions) if name is None else [name] if name in self._regions else []
         for each in names:
             self._regions.pop(each).close()
 
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
-        self._check_enabled()
+        self.check_enabled()
         regions = list(self._regions.values()) if name is None else [self._region(name)]
         return [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]
 
@@ -157,7 +158,7 @@ class SystemSharedMemory:
         self._regions.clear()
 
     def _region(self, name: str) -> _Region:
-        self._check_enabled()
+        self.check_enabled()
         region = self._regions.get(name)
         if region is None:
             known = ", ".join(map(repr, self._regions)) or "none"
