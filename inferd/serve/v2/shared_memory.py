@@ -161,7 +161,8 @@ class SystemSharedMemory:
         self.check_enabled()
         region = self._regions.get(name)
         if region is None:
-            known = ", ".join(map(repr, self._regions)) or "none"
+            names = list(self._regions)
+            known = ", ".join(map(repr, names[:5])) + (f" and {len(names) - 5} more" if len(names) > 5 else "") or "none"
             raise InvalidInput(
                 f"no shared-memory region {name!r} is registered (registered: {known}); register it with "
                 f"POST /v2/systemsharedmemory/region/{name}/register"
