@@ -1,0 +1,115 @@
+"""One V2 inference, whichever face it came in by: a decoded request in, a response to encode out.
+
+Encoded images as BYTES for image models and UTF-8 strings as BYTES for text models end in the same
+`ModelEntry.infer` as tensors do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+
+from inferd.errors import InvalidInput
+from inferd.io import top_k
+from inferd.serve.images import decode_batch
+from inferd.serve.repository import ModelEntry
+from inferd.serve.v2.codec import InferInput, InferRequest, InferResponse, SharedMemoryRef
+from inferd.serve.v2.metadata import v2_datatype
+from inferd.types import ImageType, TextType
+
+
+async def run_inference(
+    entry: ModelEntry, decoded: InferRequest, *, max_image_pixels: int, timeout_s: float | None = None,
+    disconnected: Callable[[], Awaitable[object]] | None = None,
+) -> InferResponse:
+    """`timeout_s` is the transport's own deadline (gRPC's); the request's `timeout` parameter wins over it."""
+    feeds = await _feeds(entry, decoded, max_image_pixels)
+    requested = _timeout_s(decoded)
+    outputs = await entry.infer(feeds, timeout_s=requested if requested is not None else timeout_s,
+                                disconnected=disconnected)
+    return InferResponse(
+        model_name=entry.name, model_version=entry.version, id=decoded.id,
+        outputs=_requested_outputs(entry, decoded, outputs), shared_memory_outputs=_output_regions(decoded),
+    )
+
+
+def _output_regions(decoded: InferRequest) -> dict[str, SharedMemoryRef]:
+    return {o.name: o.shared_memory for o in decoded.outputs or () if o.shared_memory is not None}
+
+
+def _timeout_s(decoded: InferRequest) -> float | None:
+    """The `timeout` request parameter, in microseconds as tritonclient sends it."""
+    timeout = decoded.parameters.get("timeout")
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise InvalidInput(f"the timeout parameter must be a positive number of microseconds, got {timeout!r}")
+    return float(timeout) / 1e6
+
+
+async def _feeds(entry: ModelEntry, decoded: InferRequest, max_pixels: int) -> dict[str, np.ndarray]:
+    specs = {spec.name: spec for spec in entry.model.manifest.inputs}
+    names = [i.name for i in decoded.inputs]
+    if sorted(names) != sorted(specs):
+        raise InvalidInput(f"model {entry.name!r} takes inputs {sorted(specs)}; the request has {sorted(names)}")
+    feeds = {}
+    for item in decoded.inputs:
+        spec = specs[item.name]
+        if isinstance(spec, TextType):
+            feeds[item.name] = _texts(item)
+            continue
+        if item.datatype == "BYTES" and isinstance(spec, ImageType):
+            images = [bytes(x) for x in item.data.reshape(-1)]
+            if not images:
+                raise InvalidInput(f"input {item.name!r} holds no images")
+            feeds[item.name] = await anyio.to_thread.run_sync(decode_batch, entry.model, images, max_pixels)
+            continue
+        expected = v2_datatype(spec.dtype)
+        if item.datatype != expected:
+            hint = " or BYTES holding encoded images" if isinstance(spec, ImageType) else ""
+            raise InvalidInput(f"input {item.name!r} must be {expected}{hint}; got {item.datatype}")
+        feeds[item.name] = item.data
+    return feeds
+
+
+def _texts(item: InferInput) -> np.ndarray:
+    """A text input's strings, one per batch row: shape [N], or [N, 1] as Triton clients send per-row strings."""
+    if item.datatype != "BYTES":
+        raise InvalidInput(f"input {item.name!r} is text: send it as BYTES holding UTF-8 strings, not {item.datatype}")
+    if len(item.shape) not in (1, 2) or (len(item.shape) == 2 and item.shape[1] != 1):
+        raise InvalidInput(f"input {item.name!r} takes one string per batch row: shape [N] or [N, 1], "
+                           f"got {list(item.shape)}")
+    if item.data.size == 0:
+        raise InvalidInput(f"input {item.name!r} holds no texts; send at least one")
+    return item.data.reshape(-1)
+
+
+def _requested_outputs(
+    entry: ModelEntry, decoded: InferRequest, outputs: dict[str, np.ndarray]
+) -> list[tuple[str, np.ndarray]]:
+    if decoded.outputs is None:
+        return list(outputs.items())
+    selected = []
+    for requested in decoded.outputs:
+        if requested.name not in outputs:
+            raise InvalidInput(f"model {entry.name!r} has no output {requested.name!r}; it has {list(outputs)}")
+        value = outputs[requested.name]
+        count = requested.parameters.get("classification")
+        if count is not None:
+            value = _classification(entry, requested.name, value, count)
+        selected.append((requested.name, value))
+    return selected
+
+
+def _classification(entry: ModelEntry, output: str, scores: np.ndarray, count: Any) -> np.ndarray:
+    """Triton's classification extension: 'score:index:label' strings for the top `count` classes."""
+    classifier = entry.model.manifest.classifier
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise InvalidInput(f"the classification parameter must be a positive integer, got {count!r}")
+    labels = classifier.labels if classifier and classifier.output == output else []
+    activation = classifier.activation if classifier and classifier.output == output else "none"
+    ranked = top_k(scores.reshape(scores.shape[0], -1), labels, count, activation=activation)
+    return np.array([[f"{p.probability:f}:{p.index}:{p.label}".encode() for p in row] for row in ranked], dtype=object)
