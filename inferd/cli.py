@@ -419,6 +419,7 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="log one JSON line per request to stderr")] = True,
     allow_shared_memory: Annotated[bool, typer.Option(
         help="let clients on this machine pass tensors through registered shared memory (Triton's extension)")] = False,
+    grpc_port: Annotated[int | None, typer.Option(help="also serve V2 over gRPC on this port (Triton uses 8001)")] = None,
     compute_units: ComputeUnitsOpt = ComputeUnit.ALL,
     precision: PrecisionOpt = Precision.AUTO,
 ) -> None:
@@ -441,7 +442,7 @@ def serve(
                              compute_units=compute_units, precision=precision),
         max_memory_bytes=_parse_size(max_memory) if max_memory else None, max_body_bytes=max_body_bytes,
         api_key=api_key, cors_origins=cors_origin or [], access_log=access_log,
-        allow_shared_memory=allow_shared_memory,
+        allow_shared_memory=allow_shared_memory, grpc_port=grpc_port,
     )
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))

@@ -98,7 +98,8 @@ class LiveServer:
         from inferd.serve import create_app
 
         self.port = free_port()
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")  # type: ignore[arg-type]
+        self.app = create_app(settings)  # type: ignore[arg-type]
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

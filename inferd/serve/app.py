@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +27,11 @@ from inferd.serve.settings import ServerSettings
 from inferd.serve.v2 import routes as v2
 from inferd.serve.v2.shared_memory import SystemSharedMemory
 
+if TYPE_CHECKING:
+    import grpc
+
 log = logging.getLogger("inferd.serve")
+GRPC_DRAIN_S = 30.0
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -38,6 +43,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         repository = ModelRepository(settings.repository, defaults=settings.models, metrics=metrics,
                                      max_memory_bytes=settings.max_memory_bytes)
         app.state.repository = repository
+        grpc_server = await _start_grpc(app, repository, settings, metrics) if settings.grpc_port is not None else None
         await _initial_load(repository, settings)
         app.state.ready = True
         poller = (asyncio.create_task(repository.poll_forever(settings.poll_interval_s))
@@ -48,6 +54,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             app.state.ready = False
             if poller:
                 poller.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop(GRPC_DRAIN_S)  # calls in flight finish; new ones are refused
             await repository.close()
             app.state.shared_memory.close()
 
@@ -65,6 +73,24 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                        cors_origins=settings.cors_origins, metrics=metrics, log_requests=settings.access_log)
     _install_error_handlers(app)
     return app
+
+
+async def _start_grpc(app: FastAPI, repository: ModelRepository, settings: ServerSettings,
+                      metrics: ServerMetrics) -> grpc.aio.Server:
+    """The gRPC face, on this event loop so that both faces share the batch queues; its port is in app.state.
+
+    Imported here, so that grpcio is needed only by servers that speak gRPC.
+    """
+    from inferd.serve.v2 import grpc_service
+
+    service = grpc_service.InferenceService(
+        repository, app.state.shared_memory, ready=lambda: bool(app.state.ready), metrics=metrics,
+        max_image_pixels=settings.max_image_pixels, log_requests=settings.access_log)
+    assert settings.grpc_port is not None
+    server, app.state.grpc_port = await grpc_service.start(
+        service, settings.host, settings.grpc_port, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes)
+    log.info("serving the Open Inference Protocol over gRPC on %s:%d", settings.host, app.state.grpc_port)
+    return server
 
 
 async def _initial_load(repository: ModelRepository, settings: ServerSettings) -> None:

@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -175,23 +175,25 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self._key is None or scope["type"] not in ("http", "websocket")
-                or _route_path(scope) in self._open_paths or self._authorized(scope, self._key)):
+                or _route_path(scope) in self._open_paths or presents_key(scope["headers"], self._key)):
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # policy violation; the server answers 403
         else:
             await _json_error(401, UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
 
-    @staticmethod
-    def _authorized(scope: Scope, key: bytes) -> bool:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = bytes(value).partition(b" ")
-                if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), key):
-                    return True
-            elif name == b"x-api-key" and hmac.compare_digest(bytes(value), key):
+
+
+def presents_key(headers: Iterable[tuple[bytes, bytes]], key: bytes) -> bool:
+    """Whether lower-case headers (HTTP) or metadata (gRPC) carry the key as a Bearer token or X-API-Key."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = bytes(value).partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), key):
                 return True
-        return False
+        elif name == b"x-api-key" and hmac.compare_digest(bytes(value), key):
+            return True
+    return False
 
 
 class _BodyTooLarge(Exception):

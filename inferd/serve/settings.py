@@ -30,3 +30,4 @@ class ServerSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     access_log: bool = Field(True, description="log one JSON line per request (inferd.access logger)")
     allow_shared_memory: bool = Field(False, description="let clients on this machine register shared memory")
+    grpc_port: int | None = Field(None, ge=0, le=65535, description="serve V2 over gRPC too, on this port (0: any free)")

@@ -178,6 +178,19 @@ def decode_request(
     view = memoryview(body)
     json_length = _json_length(header_length, len(view))
     header = _parse_json(bytes(view[:json_length]), header_length is not None)
+    return decode_parsed_request(header, view[json_length:], binary_given=header_length is not None,
+                                 max_elements=max_elements, shared_memory=shared_memory)
+
+
+def decode_parsed_request(
+    header: Any, binary: memoryview, *, binary_given: bool = True, max_elements: int = DEFAULT_MAX_ELEMENTS,
+    shared_memory: SharedMemory | None = None,
+) -> InferRequest:
+    """Decode a request whose JSON part is already parsed, with `binary` the bytes that followed it.
+
+    The gRPC face builds `header` from protobuf, so its requests pass every check an HTTP request does.
+    `binary_given` says whether the client declared a binary part (for the hint when sizes do not add up).
+    """
     if not isinstance(header, dict):
         raise InvalidInput(
             f"the request JSON must be an object like {{\"inputs\": [...]}}, got {_describe(header)}"
@@ -191,9 +204,9 @@ def decode_request(
             "the request parameter binary_data_output must be true or false, got "
             f"{_describe(parameters['binary_data_output'])}"
         )
-    binary = _BinaryPart(view[json_length:], header_length is not None)
-    inputs = _decode_inputs(header.get("inputs"), binary, max_elements, shared_memory)
-    binary.check_consumed()
+    part = _BinaryPart(binary, binary_given)
+    inputs = _decode_inputs(header.get("inputs"), part, max_elements, shared_memory)
+    part.check_consumed()
     return InferRequest(request_id, inputs, _decode_outputs(header.get("outputs"), shared_memory), parameters)
 
 
@@ -638,22 +651,12 @@ def encode_response(
     tensors: list[dict[str, Any]] = []
     chunks: list[Any] = []
     for name, output in response.outputs:
-        array = np.asarray(output)
-        datatype = datatype_of(array.dtype)
-        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        reference = response.shared_memory_outputs.get(name)
-        if reference is not None:
-            tensor["parameters"] = _to_shared_memory(name, datatype, array, reference, shared_memory)
-            tensors.append(tensor)
-            continue
         wants_binary = binary_outputs if isinstance(binary_outputs, bool) else name in binary_outputs
-        values = None if wants_binary else _json_values(datatype, array)
-        if values is None:
-            chunk = _binary_values(datatype, array)
+        tensor, chunk = _encode_output(name, output, wants_binary, response.shared_memory_outputs.get(name),
+                                       shared_memory)
+        if chunk is not None:
             tensor["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
-        else:
-            tensor["data"] = values
         tensors.append(tensor)
     header["outputs"] = tensors
     # allow_nan=False: non-finite tensor values are already words, so a NaN here is a bug to surface, not to send.
@@ -661,6 +664,32 @@ def encode_response(
     if not chunks:
         return text, None
     return b"".join([text, *chunks]), len(text)
+
+
+def encode_raw_outputs(
+    response: InferResponse, *, shared_memory: SharedMemory | None = None
+) -> list[tuple[dict[str, Any], bytes | memoryview | None]]:
+    """Each output's name, datatype, shape and parameters, with its raw little-endian bytes (length-prefixed
+    elements for BYTES), or None when it went to shared memory: what gRPC's `raw_output_contents` carry."""
+    return [_encode_output(name, output, True, response.shared_memory_outputs.get(name), shared_memory)
+            for name, output in response.outputs]
+
+
+def _encode_output(
+    name: str, output: np.ndarray, binary: bool, reference: SharedMemoryRef | None, shared_memory: SharedMemory | None
+) -> tuple[dict[str, Any], bytes | memoryview | None]:
+    """One output tensor's description and, when it goes out as bytes, those bytes."""
+    array = np.asarray(output)
+    datatype = datatype_of(array.dtype)
+    tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+    if reference is not None:
+        tensor["parameters"] = _to_shared_memory(name, datatype, array, reference, shared_memory)
+        return tensor, None
+    values = None if binary else _json_values(datatype, array)
+    if values is None:
+        return tensor, _binary_values(datatype, array)
+    tensor["data"] = values
+    return tensor, None
 
 
 def _to_shared_memory(name: str, datatype: str, array: np.ndarray, reference: SharedMemoryRef,

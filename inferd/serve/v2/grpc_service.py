@@ -1,0 +1,336 @@
+"""The Open Inference Protocol over gRPC: KServe V2's GRPCInferenceService, as tritonclient.grpc speaks it.
+
+The messages and service stubs are the ones tritonclient ships (`tritonclient.grpc.service_pb2`), generated
+from the proto Triton serves, so the wire format cannot drift. A request becomes the dict the HTTP face parses
+from JSON and passes the same codec checks, `run_inference` and repository; only the envelope differs. An
+error keeps its message and maps to a gRPC status (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403
+PERMISSION_DENIED, 404 NOT_FOUND, 413 RESOURCE_EXHAUSTED, 429 and 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED).
+
+Decisions worth knowing:
+
+* It runs on the HTTP server's event loop, so both faces share the batch queues: a gRPC and an HTTP request
+  can meet in one batch.
+* Health calls (ServerLive, ServerReady, ModelReady) are open; every other call needs the API key, when the
+  server has one, as `authorization: Bearer <key>` or `x-api-key` metadata.
+* The client's gRPC deadline becomes the request's queue deadline unless the request's `timeout` parameter
+  sets one; a client that cancels leaves the queue as an HTTP client that disconnects does.
+* Outputs always go out as `raw_output_contents`, as Triton sends them; an output written to shared memory
+  keeps its place in that list with empty bytes, since tritonclient finds each output's bytes by position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+# The server never forks while gRPC runs, except to probe the machine with a subprocess; grpcio's fork
+# handlers would only log a warning about the other threads each time.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+
+from inferd.errors import InferdError, InvalidInput, ModelNotFound, Unauthorized
+from inferd.serve.metrics import ServerMetrics
+from inferd.serve.middleware import UNAUTHORIZED, access_log, presents_key
+from inferd.serve.repository import ModelRepository
+from inferd.serve.v2.codec import (
+    InferResponse,
+    SharedMemory,
+    decode_parsed_request,
+    encode_raw_outputs,
+)
+from inferd.serve.v2.inference import run_inference
+from inferd.serve.v2.metadata import model_metadata, server_metadata, triton_config
+from inferd.serve.v2.shared_memory import SystemSharedMemory
+
+log = logging.getLogger("inferd.serve")
+
+SERVICE = "inference.GRPCInferenceService"
+OPEN_METHODS = frozenset(f"/{SERVICE}/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))
+
+_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+# Typed `contents` fields per datatype; FP16 and BF16 have none and travel as raw bytes only.
+_CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
+
+
+def _handled(method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Reply]],
+             ) -> Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Reply]]:
+    """Turn InferdError into its gRPC status and anything else into INTERNAL; count and log every call."""
+
+    async def call(self: InferenceService, request: Request, context: grpc.aio.ServicerContext) -> Reply:
+        started, started_at = time.perf_counter(), time.time()
+        status, message = 200, ""
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            status = 499  # the client cancelled or its deadline passed: nobody takes an answer
+            raise
+        except InferdError as exc:
+            status, message = exc.status_code, exc.message
+        except Exception:
+            log.exception("unexpected error in gRPC %s", method.__name__)
+            status, message = 500, "internal error; the server logged the details"
+        finally:
+            self._record(method.__name__, request, status, time.perf_counter() - started, started_at, context)
+        await context.abort(_STATUS.get(status, grpc.StatusCode.INTERNAL if status >= 500
+                                        else grpc.StatusCode.INVALID_ARGUMENT), message)
+        raise AssertionError("context.abort returns only by raising")
+
+    call.__name__ = method.__name__
+    return call
+
+
+class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """`ready` reports whether the server has finished loading, as GET /v2/health/ready does."""
+
+    def __init__(self, repository: ModelRepository, shared_memory: SystemSharedMemory, *, ready: Callable[[], bool],
+                 metrics: ServerMetrics | None, max_image_pixels: int, log_requests: bool) -> None:
+        self.repository = repository
+        self.shared_memory = shared_memory
+        self.ready = ready
+        self.metrics = metrics
+        self.max_image_pixels = max_image_pixels
+        self.log_requests = log_requests
+
+    # -- health and metadata ------------------------------------------------------------------
+
+    @_handled
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @_handled
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.ready())
+
+    @_handled
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        try:
+            self.repository.get(request.name, request.version or None)
+        except ModelNotFound:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @_handled
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**server_metadata(shared_memory=self.shared_memory.enabled))
+
+    @_handled
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        repository = self.repository
+        described = model_metadata(repository, repository.get(request.name, request.version or None))
+        return json_format.ParseDict(described, pb.ModelMetadataResponse(), ignore_unknown_fields=True)
+
+    @_handled
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        entry = self.repository.get(request.name, request.version or None)
+        config = json_format.ParseDict(triton_config(entry), model_config_pb2.ModelConfig())
+        return pb.ModelConfigResponse(config=config)
+
+    @_handled
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        repository = self.repository
+        if not request.name:
+            entries = repository.entries()
+        elif not request.version:
+            repository.get(request.name)
+            entries = [repository.get(request.name, v) for v in repository.versions(request.name)]
+        else:
+            entries = [repository.get(request.name, request.version)]
+        stats = {"model_stats": [e.stats.as_triton(e.name, e.version) for e in entries]}
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
+
+    # -- repository ---------------------------------------------------------------------------
+
+    @_handled
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        rows = self.repository.index()
+        if request.ready:
+            rows = [row for row in rows if row["state"] == "READY"]
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+    @_handled
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any
+                                  ) -> pb.RepositoryModelLoadResponse:
+        await self.repository.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_handled
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: Any
+                                    ) -> pb.RepositoryModelUnloadResponse:
+        await self.repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- system shared memory -----------------------------------------------------------------
+
+    @_handled
+    async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+                                       ) -> pb.SystemSharedMemoryStatusResponse:
+        regions = self.shared_memory.status(request.name or None)
+        return pb.SystemSharedMemoryStatusResponse(
+            regions={r["name"]: pb.SystemSharedMemoryStatusResponse.RegionStatus(**r) for r in regions})
+
+    @_handled
+    async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+                                         ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_handled
+    async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+                                           ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.shared_memory.unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    # -- inference ----------------------------------------------------------------------------
+
+    @_handled
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.ModelInferResponse:
+        entry = self.repository.get(request.model_name, request.model_version or None)
+        entry.batcher.admit()
+        header, binary = _as_v2(request)
+        shared_memory = self.shared_memory
+        decoded = decode_parsed_request(header, memoryview(binary), shared_memory=shared_memory)
+        remaining = context.time_remaining()
+        response = await run_inference(entry, decoded, max_image_pixels=self.max_image_pixels,
+                                       timeout_s=remaining)
+        return _infer_response(response, shared_memory)
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _record(self, method: str, request: Any, status: int, seconds: float, started_at: float,
+                context: grpc.aio.ServicerContext) -> None:
+        model = getattr(request, "model_name", None) or getattr(request, "name", "") or ""
+        version = getattr(request, "model_version", None) or getattr(request, "version", "") or ""
+        if self.metrics is not None:
+            self.metrics.observe_request(model, version, f"grpc {method}", status, seconds)
+        if self.log_requests and access_log.isEnabledFor(logging.INFO):
+            access_log.info(json.dumps({
+                "ts": datetime.fromtimestamp(started_at, UTC).isoformat(timespec="milliseconds"),
+                "method": "gRPC", "path": f"/{SERVICE}/{method}", "status": status,
+                "duration_ms": round(seconds * 1000, 3), "client": context.peer(), "model": model or None,
+            }))
+
+
+def _parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    values = {}
+    for key, value in parameters.items():
+        kind = value.WhichOneof("parameter_choice")
+        if kind is not None:
+            values[key] = getattr(value, kind)
+    return values
+
+
+def _set_parameters(target: Any, values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, bool):
+            target[key].bool_param = value
+        elif isinstance(value, int):
+            target[key].int64_param = value
+        elif isinstance(value, float):
+            target[key].double_param = value
+        else:
+            target[key].string_param = str(value)
+
+
+def _as_v2(request: pb.ModelInferRequest) -> tuple[dict[str, Any], bytes]:
+    """The request as the HTTP face's JSON header plus binary part.
+
+    Raw contents become the binary part (in input order, as `binary_data_size`); typed contents become JSON
+    `data`, except BYTES, whose elements are bytes rather than text and so go to the binary part too.
+    """
+    raw = list(request.raw_input_contents)
+    chunks: list[bytes] = []
+    inputs: list[dict[str, Any]] = []
+    for tensor in request.inputs:
+        parameters = _parameters(tensor.parameters)
+        item: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape),
+                                "parameters": parameters}
+        field = _CONTENTS.get(tensor.datatype)
+        typed = list(getattr(tensor.contents, field)) if field and tensor.HasField("contents") else None
+        if "shared_memory_region" in parameters or "shared_memory_byte_size" in parameters:
+            if typed:
+                item["data"] = typed  # the codec refuses a tensor sent two ways, with the message for it
+        elif raw:
+            if typed:
+                raise InvalidInput(f"input {tensor.name!r} has contents while the request uses raw_input_contents; "
+                                   "send every input's data one way")
+            chunk = raw.pop(0)
+            parameters["binary_data_size"] = len(chunk)
+            chunks.append(chunk)
+        elif typed is not None and tensor.datatype == "BYTES":
+            chunk = b"".join(len(v).to_bytes(4, "little") + v for v in typed)
+            parameters["binary_data_size"] = len(chunk)
+            chunks.append(chunk)
+        elif typed is not None:
+            item["data"] = typed
+        inputs.append(item)
+    if raw:
+        raise InvalidInput(f"raw_input_contents has {len(raw)} more entries than the inputs that take data; "
+                           "send one entry per input, in the inputs' order")
+    outputs = [{"name": o.name, "parameters": _parameters(o.parameters)} for o in request.outputs]
+    header = {"id": request.id or None, "inputs": inputs, "outputs": outputs or None,
+              "parameters": _parameters(request.parameters)}
+    return header, b"".join(chunks)
+
+
+def _infer_response(response: InferResponse, shared_memory: SharedMemory) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version or "",
+                                    id=response.id or "")
+    for tensor, chunk in encode_raw_outputs(response, shared_memory=shared_memory):
+        output = message.outputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+        _set_parameters(output.parameters, tensor.get("parameters", {}))
+        message.raw_output_contents.append(b"" if chunk is None else bytes(chunk))
+    return message
+
+
+class _ApiKey(grpc.aio.ServerInterceptor):
+    """Refuse every call but the health ones without the key, before the request is even decoded."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key.encode()
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
+        metadata = [(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in details.invocation_metadata or ()]
+        if details.method in OPEN_METHODS or presents_key(metadata, self._key):
+            return await continuation(details)
+        return grpc.unary_unary_rpc_method_handler(_refuse)
+
+
+async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, Unauthorized(UNAUTHORIZED).message)
+
+
+async def start(service: InferenceService, host: str, port: int, *, api_key: str | None,
+                max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
+    """Serve on host:port (0 picks a free port); returns the server and the port it bound."""
+    server = grpc.aio.server(
+        interceptors=[_ApiKey(api_key)] if api_key else None,
+        options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", -1)],
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind the gRPC port {host}:{port}; is another server using it?")
+    await server.start()
+    return server, bound

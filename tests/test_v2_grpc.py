@@ -1,0 +1,165 @@
+"""The real `tritonclient.grpc` against inferd's gRPC face on loopback: what Triton tooling calls over gRPC."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import CAT_LABELS, LiveServer, top_label
+
+MODEL = "efficientnet-lite0"
+KEY = "grpc-key"
+
+
+def _server(repository: Path, **settings: object) -> LiveServer:
+    from inferd.serve import ServerSettings
+
+    return LiveServer(ServerSettings(repository=repository, grpc_port=0, allow_shared_memory=True, **settings))
+
+
+def _client(server: LiveServer) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(f"127.0.0.1:{server.app.state.grpc_port}")
+
+
+@pytest.fixture(scope="module")
+def grpc_server(default_repository: Path) -> Iterator[LiveServer]:
+    with _server(default_repository) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(grpc_server: LiveServer) -> triton.InferenceServerClient:
+    return _client(grpc_server)
+
+
+def _image(tensor: np.ndarray) -> triton.InferInput:
+    image = triton.InferInput("image", list(tensor.shape), "FP32")
+    image.set_data_from_numpy(tensor)
+    return image
+
+
+def _error(call: object) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as caught:
+        call()  # type: ignore[operator]
+    return caught.value
+
+
+def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL) and not client.is_model_ready("no-such-model")
+    server = client.get_server_metadata(as_json=True)
+    assert server["name"] == "inferd" and "system_shared_memory" in server["extensions"]
+    metadata = client.get_model_metadata(MODEL, as_json=True)
+    assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": ["-1", "3", "224", "224"]}]
+    assert metadata["outputs"][0]["name"] == "logits"
+
+
+def test_model_config(client: triton.InferenceServerClient) -> None:
+    config = client.get_model_config(MODEL).config
+    assert config.max_batch_size >= 1 and list(config.input[0].dims) == [3, 224, 224]
+    assert config.input[0].data_type == 11  # TYPE_FP32
+    assert list(config.output[0].dims) == [1000]
+    assert config.dynamic_batching.max_queue_delay_microseconds >= 0
+
+
+def test_infer_raw_tensor_matches_http(client: triton.InferenceServerClient, grpc_server: LiveServer,
+                                       chelsea_tensor: np.ndarray) -> None:
+    result = client.infer(MODEL, [_image(chelsea_tensor)], request_id="grpc-7",
+                          outputs=[triton.InferRequestedOutput("logits")])
+    logits = result.as_numpy("logits")
+    assert logits.shape == (1, 1000) and top_label(logits[0]) in CAT_LABELS
+    assert result.get_response().id == "grpc-7"
+    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(chelsea_tensor.shape),
+                        "data": chelsea_tensor.reshape(-1).tolist()}]}
+    over_http = httpx.post(f"{grpc_server.url}/v2/models/{MODEL}/infer", json=body, timeout=60).json()
+    np.testing.assert_allclose(logits.reshape(-1), over_http["outputs"][0]["data"], rtol=1e-5, atol=1e-5)
+
+
+def test_jpeg_bytes_and_classification(client: triton.InferenceServerClient, coffee_jpeg: bytes,
+                                       chelsea_png: bytes) -> None:
+    images = triton.InferInput("image", [2], "BYTES")
+    images.set_data_from_numpy(np.array([coffee_jpeg, chelsea_png], dtype=object))
+    logits = client.infer(MODEL, [images]).as_numpy("logits")
+    assert top_label(logits[0]) in {"espresso", "cup"} and top_label(logits[1]) in CAT_LABELS
+    ranked = client.infer(MODEL, [images], outputs=[triton.InferRequestedOutput("logits", class_count=3)])
+    top = ranked.as_numpy("logits")
+    assert top.shape == (2, 3) and top[1][0].decode().split(":")[2] in CAT_LABELS
+
+
+def test_text_model(client: triton.InferenceServerClient) -> None:
+    texts = triton.InferInput("text", [2], "BYTES")
+    texts.set_data_from_numpy(np.array([b"a cat", b"a kitten"], dtype=object))
+    embedding = client.infer("minilm-l6", [texts]).as_numpy("embedding")
+    assert embedding.shape == (2, 384)
+    assert float(embedding[0] @ embedding[1]) / float(np.linalg.norm(embedding[0]) * np.linalg.norm(embedding[1])) > 0.5
+
+
+def test_repository_and_stats(client: triton.InferenceServerClient, chelsea_tensor: np.ndarray) -> None:
+    before = client.get_inference_statistics(MODEL).model_stats[0].inference_count
+    client.infer(MODEL, [_image(chelsea_tensor)])
+    assert client.get_inference_statistics(MODEL).model_stats[0].inference_count == before + 1
+    index = {m.name: m.state for m in client.get_model_repository_index().models}
+    assert index[MODEL] == "READY"
+    client.unload_model(MODEL)
+    assert not client.is_model_ready(MODEL)
+    assert _error(lambda: client.infer(MODEL, [_image(chelsea_tensor)])).status() == "StatusCode.NOT_FOUND"
+    client.load_model(MODEL)
+    assert client.is_model_ready(MODEL)
+
+
+def test_shared_memory(client: triton.InferenceServerClient, chelsea_tensor: np.ndarray) -> None:
+    key, size = f"/inferd-grpc-{os.getpid()}", chelsea_tensor.nbytes
+    region = shm.create_shared_memory_region("g", key, size + 4000)
+    try:
+        shm.set_shared_memory_region(region, [chelsea_tensor])
+        client.register_system_shared_memory("g", key, size + 4000)
+        assert client.get_system_shared_memory_status(as_json=True)["regions"]["g"]["key"] == key
+        image = triton.InferInput("image", list(chelsea_tensor.shape), "FP32")
+        image.set_shared_memory("g", size)
+        output = triton.InferRequestedOutput("logits")
+        output.set_shared_memory("g", 4000, offset=size)
+        client.infer(MODEL, [image], outputs=[output])
+        logits = shm.get_contents_as_numpy(region, np.float32, [1, 1000], offset=size)
+        assert top_label(logits[0]) in CAT_LABELS
+    finally:
+        client.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(region)
+
+
+def test_bad_requests_get_status_codes_with_messages(client: triton.InferenceServerClient) -> None:
+    wrong_shape = _error(lambda: client.infer(MODEL, [_image(np.zeros((1, 3, 100, 100), np.float32))]))
+    assert wrong_shape.status() == "StatusCode.INVALID_ARGUMENT" and "224" in wrong_shape.message()
+    unknown = _error(lambda: client.infer("nope", [_image(np.zeros((1, 3, 224, 224), np.float32))]))
+    assert unknown.status() == "StatusCode.NOT_FOUND"
+    no_region = triton.InferInput("image", [1, 3, 224, 224], "FP32")
+    no_region.set_shared_memory("missing", 602112)
+    assert "no shared-memory region 'missing'" in _error(lambda: client.infer(MODEL, [no_region])).message()
+    path_name = _error(lambda: client.load_model("../etc"))
+    assert path_name.status() == "StatusCode.INVALID_ARGUMENT"
+    assert client.is_server_ready()
+
+
+def test_metrics_count_grpc_requests(client: triton.InferenceServerClient, grpc_server: LiveServer,
+                                     chelsea_tensor: np.ndarray) -> None:
+    client.infer(MODEL, [_image(chelsea_tensor)])
+    metrics = httpx.get(f"{grpc_server.url}/metrics").text
+    assert 'route="grpc ModelInfer",status="200"' in metrics
+
+
+def test_api_key(default_repository: Path, chelsea_tensor: np.ndarray) -> None:
+    with _server(default_repository, api_key=KEY) as live:
+        client = _client(live)
+        assert client.is_server_ready()  # health is open, as over HTTP
+        refused = _error(lambda: client.infer(MODEL, [_image(chelsea_tensor)]))
+        assert refused.status() == "StatusCode.UNAUTHENTICATED" and "API key" in refused.message()
+        for headers in ({"authorization": f"Bearer {KEY}"}, {"x-api-key": KEY}):
+            logits = client.infer(MODEL, [_image(chelsea_tensor)], headers=headers).as_numpy("logits")
+            assert top_label(logits[0]) in CAT_LABELS
