@@ -163,3 +163,22 @@ def test_api_key(default_repository: Path, chelsea_tensor: np.ndarray) -> None:
         for headers in ({"authorization": f"Bearer {KEY}"}, {"x-api-key": KEY}):
             logits = client.infer(MODEL, [_image(chelsea_tensor)], headers=headers).as_numpy("logits")
             assert top_label(logits[0]) in CAT_LABELS
+
+
+def test_stream_answers_every_request_and_survives_a_bad_one(client: triton.InferenceServerClient,
+                                                              chelsea_tensor: np.ndarray) -> None:
+    import queue
+
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        client.async_stream_infer(MODEL, [_image(chelsea_tensor)], request_id="a")
+        client.async_stream_infer(MODEL, [_image(np.zeros((1, 3, 64, 64), np.float32))], request_id="bad")
+        client.async_stream_infer(MODEL, [_image(chelsea_tensor)], request_id="b")
+        got = [answers.get(timeout=60) for _ in range(3)]
+    finally:
+        client.stop_stream()
+    good = {result.get_response().id: result.as_numpy("logits") for result, error in got if error is None}
+    errors = [error for _, error in got if error is not None]
+    assert set(good) == {"a", "b"} and all(top_label(logits[0]) in CAT_LABELS for logits in good.values())
+    assert len(errors) == 1 and "224" in errors[0].message()  # type: ignore[attr-defined]

@@ -14,6 +14,8 @@ Decisions worth knowing:
   server has one, as `authorization: Bearer <key>` or `x-api-key` metadata.
 * The client's gRPC deadline becomes the request's queue deadline unless the request's `timeout` parameter
   sets one; a client that cancels leaves the queue as an HTTP client that disconnects does.
+* ModelStreamInfer runs every request of a stream as it arrives and answers in completion order; a failed
+  request answers with `error_message` and the stream goes on, as Triton does.
 * Outputs always go out as `raw_output_contents`, as Triton sends them; an output written to shared memory
   keeps its place in that list with empty bytes, since tritonclient finds each output's bytes by position.
 """
@@ -25,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -206,6 +208,46 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_handled
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
                          ) -> pb.ModelInferResponse:
+        return await self._infer(request, context)
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+                               ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request of the stream runs as soon as it arrives, beside the others (so they can share a batch);
+        answers go back as they finish, and a failed request answers `error_message` without ending the stream."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            started, started_at, status = time.perf_counter(), time.time(), 200
+            try:
+                message = pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+            except InferdError as exc:
+                status, message = exc.status_code, _stream_error(request, exc.message)
+            except Exception:
+                log.exception("unexpected error in gRPC ModelStreamInfer")
+                status, message = 500, _stream_error(request, "internal error; the server logged the details")
+            self._record("ModelStreamInfer", request, status, time.perf_counter() - started, started_at, context)
+            answers.put_nowait(message)
+
+        async def read() -> None:
+            async for request in requests:
+                task = asyncio.ensure_future(answer(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:
+                await asyncio.wait(set(running))
+            answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (message := await answers.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            for task in running:
+                task.cancel()
+
+    async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         entry = self.repository.get(request.model_name, request.model_version or None)
         entry.batcher.admit()
         header, binary = _as_v2(request)
@@ -292,6 +334,12 @@ def _as_v2(request: pb.ModelInferRequest) -> tuple[dict[str, Any], bytes]:
     header = {"id": request.id or None, "inputs": inputs, "outputs": outputs or None,
               "parameters": _parameters(request.parameters)}
     return header, b"".join(chunks)
+
+
+def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    """The failed request's id and model go back with the message, so a client can tell which one failed."""
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version, id=request.id))
 
 
 def _infer_response(response: InferResponse, shared_memory: SharedMemory) -> pb.ModelInferResponse:
