@@ -368,8 +368,8 @@ def jpeg_bytes_body(jpeg: bytes) -> tuple[bytes, int]:
 def write_payloads(kind: str, directory: Path, package: Path = DEFAULT_PACKAGE) -> list[dict[str, Any]]:
     """Write one request body per photo; returns what the generator's spec needs ("path", "header_length").
 
-    Kind "shared_memory" writes the bare tensor, which the generator copies into a registered region before
-    each request (see `_SharedMemoryInputs`); "input" then describes it.
+    Kind "tensor" writes the bare tensor, which the generator copies into a registered shared-memory region
+    before each request (`_SharedMemoryInputs`) or sends over gRPC (`_GrpcInputs`); "input" describes it.
     """
     from inferd.io import preprocess_image
     from inferd.package import ModelPackage
@@ -384,7 +384,7 @@ def write_payloads(kind: str, directory: Path, package: Path = DEFAULT_PACKAGE) 
             body, header_length = binary_tensor_body(preprocess_image(jpeg, spec)[None])
         elif kind == "jpeg":
             body, header_length = jpeg_bytes_body(jpeg)
-        elif kind == "shared_memory":
+        elif kind == "tensor":
             tensor = preprocess_image(jpeg, spec)[None]
             body, header_length = tensor.tobytes(), 0
         else:
@@ -676,6 +676,37 @@ class _SharedMemoryInputs:
             region.unlink()
 
 
+class _GrpcInputs:
+    """The bare tensors sent with tritonclient.grpc.aio, the way a Triton gRPC client sends them (raw contents)."""
+
+    def __init__(self, payloads: list[dict[str, Any]], address: str, model: str) -> None:
+        import numpy as np
+        import tritonclient.grpc.aio as grpc_client
+
+        self.client = grpc_client.InferenceServerClient(address)
+        self.model = model
+        described = payloads[0]["input"]
+        self.inputs = []
+        for payload in payloads:
+            tensor = np.frombuffer(Path(payload["path"]).read_bytes(), np.float32).reshape(described["shape"])
+            item = grpc_client.InferInput(described["name"], described["shape"], described["datatype"])
+            item.set_data_from_numpy(tensor)
+            self.inputs.append(item)
+
+    async def infer(self, index: int) -> tuple[int, str | None]:
+        """(200, None), or (0, the gRPC status name) for a refused or failed call."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            result = await self.client.infer(self.model, [self.inputs[index % len(self.inputs)]])
+        except InferenceServerException as exc:
+            return 0, str(exc.status())
+        return 200, None if result.as_numpy("logits") is not None else "unexpected_body"
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -699,12 +730,18 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
     if shared and mode != "closed":
         raise ValueError("shared memory inputs need the closed mode: one region per concurrent request")
 
+    grpc_inputs = _GrpcInputs(spec["payloads"], spec["grpc_address"], spec["model"]) if spec.get("grpc_address") else None
+
     async with _Client(spec.get("client", "aiohttp"), cap, timeout) as client:
         if shared:
             await shared.register(client, spec["url"])
 
         async def one(index: int) -> bool:
             started = clock()
+            if grpc_inputs:
+                status, error = await grpc_inputs.infer(index)
+                records.append([started - window_start, clock() - started, status, None, None, error])
+                return status == 200 and error is None
             if shared:
                 body, headers = shared.request(index, index % cap), {"Content-Type": "application/json"}
             else:
@@ -772,6 +809,8 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
         if shared:
             await shared.unregister(client, spec["url"])
             shared.close()
+        if grpc_inputs:
+            await grpc_inputs.close()
 
     in_window = [r for r in records if 0 <= r[0] < duration]
     finished_in_window = [r for r in records if 0 <= r[0] + r[1] <= duration]

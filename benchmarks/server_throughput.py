@@ -13,10 +13,11 @@ p50 between runs of one day. Phases measured one after the other would credit or
   (b) throughput, server with --max-batch-size 8 --max-queue-delay-ms 2, concurrency 8: binary V2 FP32
       tensors against the fastest tensor mode, JPEG files as V2 BYTES (decoded by the server) against the
       fastest JPEG mode, interleaved; then concurrency 8 binary with aiohttp, for reference; then tensors
-      in Triton system shared memory (the client copies each tensor into its region and the logits out).
+      in Triton system shared memory (the client copies each tensor into its region and the logits out),
+      then tensors over gRPC (tritonclient.grpc.aio, raw contents).
   (c) added latency, server with --max-queue-delay-ms 0, concurrency 1: server median minus engine median at
       batch 1 for the same input, binary against tensors and JPEG against JPEG, interleaved; then shared
-      memory against tensors.
+      memory and gRPC against tensors.
   (d) batching gain: concurrency 16 with --max-batch-size 1 (no batching), 8 (the server of (b)) and 16.
 
     .venv/bin/python benchmarks/server_throughput.py            # about 5 minutes
@@ -126,16 +127,22 @@ def summarized(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def interleaved(engine: Engine, mode: str, server: L.Server, payloads: list[dict[str, Any]], concurrency: int,
-                block_s: float, rounds: int, work: Path, client: str, shared_memory: bool = False) -> dict[str, Any]:
+                block_s: float, rounds: int, work: Path, client: str, transport: str = "http") -> dict[str, Any]:
     """Engine-only `mode` and the server at `concurrency` in alternating blocks of `block_s` seconds.
 
     Throughputs are the mean over blocks (all blocks are equally long); latency percentiles pool every block.
+    `transport` "shared_memory" puts each tensor in a registered region; "grpc" sends it with tritonclient.grpc.
     """
+    extras: dict[str, dict[str, Any]] = {
+        "http": {}, "shared_memory": {"shared_memory": True},
+        "grpc": {"grpc_address": f"{L.HOST}:{server.flags.get('grpc_port')}", "model": L.MODEL},
+    }
+    extra = extras[transport]
     engine_runs, server_runs = [], []
     for _ in range(rounds):
         engine_runs.append(engine.run(mode, block_s))
         spec = L.closed_spec(f"{server.url}/v2/models/{L.MODEL}/infer", payloads, concurrency, block_s,
-                             warmup_s=WARMUP_S, client=client, records=True, shared_memory=shared_memory)
+                             warmup_s=WARMUP_S, client=client, records=True, **extra)
         server_runs.append(L.run_load(spec, work, server))
     engine_latencies = [s for run in engine_runs for s in run["latencies_s"]]
     server_latencies = [r[1] for run in server_runs for r in run.pop("records")
@@ -186,9 +193,9 @@ def main() -> None:
         work = Path(tmp)
         binary = L.write_payloads("binary", work / "payloads", args.package)
         jpeg = L.write_payloads("jpeg", work / "payloads", args.package)
-        shm = L.write_payloads("shared_memory", work / "payloads", args.package)
+        tensors = L.write_payloads("tensor", work / "payloads", args.package)
         result["payloads"] = {kind: [{k: p[k] for k in ("image", "bytes")} for p in payloads]
-                              for kind, payloads in (("binary", binary), ("jpeg", jpeg), ("shared_memory", shm))}
+                              for kind, payloads in (("binary", binary), ("jpeg", jpeg), ("tensor", tensors))}
 
         print("(a) engine only ...", flush=True)
         engine = Engine(args.package, list(L.photos_as_jpeg().values()))
@@ -207,26 +214,30 @@ def main() -> None:
             return L.run_load(spec, work, server)
 
         def rounds(mode: str, server: L.Server, payloads: list[dict[str, Any]], concurrency: int,
-                   block_s: float) -> dict[str, Any]:
+                   block_s: float, transport: str = "http") -> dict[str, Any]:
             return interleaved(engine, mode, server, payloads, concurrency, block_s * scale, ROUNDS, work, args.client,
-                               shared_memory=payloads is shm)
+                               transport)
 
         servers: dict[str, Any] = {}
         print(f"(b) concurrency 8 against {best_tensor} and {best_jpeg}, interleaved ...", flush=True)
-        with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=2, allow_shared_memory=True) as server:
+        with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=2, allow_shared_memory=True,
+                      grpc_port=L.free_port()) as server:
             servers["batch8_delay2"] = server.describe()
             result["c8_binary"] = rounds(best_tensor, server, binary, 8, THROUGHPUT_BLOCK_S)
             result["c8_jpeg"] = rounds(best_jpeg, server, jpeg, 8, THROUGHPUT_BLOCK_S)
             if args.client != "aiohttp":
                 result["c8_binary_aiohttp"] = load(server, binary, 8, REFERENCE_S, client="aiohttp")
-            result["c8_shared_memory"] = rounds(best_tensor, server, shm, 8, THROUGHPUT_BLOCK_S)
+            result["c8_shared_memory"] = rounds(best_tensor, server, tensors, 8, THROUGHPUT_BLOCK_S, "shared_memory")
+            result["c8_grpc"] = rounds(best_tensor, server, tensors, 8, THROUGHPUT_BLOCK_S, "grpc")
             c16_batch8 = load(server, binary, 16, BATCHING_C16_S)
         print("(c) concurrency 1 against batch 1, interleaved ...", flush=True)
-        with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=0, allow_shared_memory=True) as server:
+        with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=0, allow_shared_memory=True,
+                      grpc_port=L.free_port()) as server:
             servers["batch8_delay0"] = server.describe()
             result["c1_binary"] = rounds("predict_batch1", server, binary, 1, LATENCY_BLOCK_S)
             result["c1_jpeg"] = rounds("jpeg_batch1", server, jpeg, 1, LATENCY_BLOCK_S)
-            result["c1_shared_memory"] = rounds("predict_batch1", server, shm, 1, LATENCY_BLOCK_S)
+            result["c1_shared_memory"] = rounds("predict_batch1", server, tensors, 1, LATENCY_BLOCK_S, "shared_memory")
+            result["c1_grpc"] = rounds("predict_batch1", server, tensors, 1, LATENCY_BLOCK_S, "grpc")
         engine.close()
         print("(d) concurrency 16 with batching off, and at batch 16 ...", flush=True)
         with L.Server(repository, work, max_batch_size=1, max_queue_delay_ms=0) as server:
@@ -258,15 +269,17 @@ def main() -> None:
         "c8_binary": throughput(result["c8_binary"]),
         "c8_jpeg": throughput(result["c8_jpeg"]),
         "c8_shared_memory": throughput(result["c8_shared_memory"]),
+        "c8_grpc": throughput(result["c8_grpc"]),
         "c8_binary_aiohttp_rps": reference["throughput_rps"] if reference else None,
         "c1_binary": latency(result["c1_binary"]),
         "c1_jpeg": latency(result["c1_jpeg"]),
         "c1_shared_memory": latency(result["c1_shared_memory"]),
+        "c1_grpc": latency(result["c1_grpc"]),
         "batching_c16": {name: c16(run) for name, run in result["batching_c16"].items()},
         "engine_survey_images_per_s": {mode: run["images_per_s"] for mode, run in survey.items()},
         "failed_requests": sum(failures(run) for run in (
-            result["c8_binary"], result["c8_jpeg"], result["c8_shared_memory"], result["c1_binary"],
-            result["c1_jpeg"], result["c1_shared_memory"],
+            result["c8_binary"], result["c8_jpeg"], result["c8_shared_memory"], result["c8_grpc"],
+            result["c1_binary"], result["c1_jpeg"], result["c1_shared_memory"], result["c1_grpc"],
             *([reference] if reference else []), c16_batch1, c16_batch8, c16_batch16)),
     }
     result["total_wall_s"] = round(time.time() - started, 1)
@@ -276,13 +289,13 @@ def main() -> None:
     s = result["summary"]
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores; client {args.client}")
     print("engine survey (img/s): " + ", ".join(f"{m} {r}" for m, r in s["engine_survey_images_per_s"].items()))
-    for key in ("c8_binary", "c8_jpeg", "c8_shared_memory"):
+    for key in ("c8_binary", "c8_jpeg", "c8_shared_memory", "c8_grpc"):
         row = s[key]
         print(f"{key:16s}: server {row['server_rps']:.1f} req/s vs {row['engine_mode']} "
               f"{row['engine_images_per_s']:.1f} img/s = {row['server_over_engine']:.3f}x (interleaved)")
     if reference:
         print(f"c8 binary with aiohttp: {reference['throughput_rps']:.1f} req/s")
-    for key in ("c1_binary", "c1_jpeg", "c1_shared_memory"):
+    for key in ("c1_binary", "c1_jpeg", "c1_shared_memory", "c1_grpc"):
         row = s[key]
         print(f"{key:16s}: server p50 {row['server_p50_ms']:.2f} ms - engine p50 {row['engine_p50_ms']:.2f} ms "
               f"= {row['added_latency_p50_ms']:.2f} ms added (interleaved)")

@@ -182,3 +182,26 @@ def test_stream_answers_every_request_and_survives_a_bad_one(client: triton.Infe
     errors = [error for _, error in got if error is not None]
     assert set(good) == {"a", "b"} and all(top_label(logits[0]) in CAT_LABELS for logits in good.values())
     assert len(errors) == 1 and "224" in errors[0].message()  # type: ignore[attr-defined]
+
+
+async def test_overload_is_unavailable_with_retry_after(default_repository: Path, chelsea_tensor: np.ndarray) -> None:
+    """A full queue refuses at once, with the status gRPC clients retry on and when to retry."""
+    import asyncio
+
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    from inferd.serve.serving_config import ServingConfig
+
+    request = service_pb2.ModelInferRequest(model_name=MODEL, raw_input_contents=[chelsea_tensor.tobytes()])
+    request.inputs.add(name="image", datatype="FP32", shape=list(chelsea_tensor.shape))
+    with _server(default_repository, models=ServingConfig(max_batch_size=1, max_queue_size=1)) as live:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{live.app.state.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            answers = await asyncio.gather(*(stub.ModelInfer(request) for _ in range(12)), return_exceptions=True)
+    refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    served = [a for a in answers if isinstance(a, service_pb2.ModelInferResponse)]
+    assert served and refused and len(served) + len(refused) == 12, answers
+    for error in refused:
+        assert error.code() == grpc.StatusCode.UNAVAILABLE and "max_queue_size" in (error.details() or "")
+        assert int(dict(error.trailing_metadata() or ())["retry-after"]) >= 1

@@ -40,7 +40,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 
-from inferd.errors import InferdError, InvalidInput, ModelNotFound, Unauthorized
+from inferd.errors import InferdError, InvalidInput, ModelNotFound, NotReady, Overloaded, Unauthorized
 from inferd.serve.metrics import ServerMetrics
 from inferd.serve.middleware import UNAUTHORIZED, access_log, presents_key
 from inferd.serve.repository import ModelRepository
@@ -77,11 +77,15 @@ Reply = TypeVar("Reply")
 
 def _handled(method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Reply]],
              ) -> Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Reply]]:
-    """Turn InferdError into its gRPC status and anything else into INTERNAL; count and log every call."""
+    """Turn InferdError into its gRPC status and anything else into INTERNAL; count and log every call.
+
+    A refusal for load (429, 503) carries `retry-after` (seconds) in its trailing metadata, as HTTP's header.
+    """
 
     async def call(self: InferenceService, request: Request, context: grpc.aio.ServicerContext) -> Reply:
         started, started_at = time.perf_counter(), time.time()
         status, message = 200, ""
+        trailer: tuple[tuple[str, str], ...] = ()
         try:
             return await method(self, request, context)
         except asyncio.CancelledError:
@@ -89,13 +93,15 @@ def _handled(method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitabl
             raise
         except InferdError as exc:
             status, message = exc.status_code, exc.message
+            if isinstance(exc, Overloaded | NotReady):
+                trailer = (("retry-after", str(max(1, round(exc.retry_after_s)))),)
         except Exception:
             log.exception("unexpected error in gRPC %s", method.__name__)
             status, message = 500, "internal error; the server logged the details"
         finally:
             self._record(method.__name__, request, status, time.perf_counter() - started, started_at, context)
-        await context.abort(_STATUS.get(status, grpc.StatusCode.INTERNAL if status >= 500
-                                        else grpc.StatusCode.INVALID_ARGUMENT), message)
+        code = _STATUS.get(status, grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.INVALID_ARGUMENT)
+        await context.abort(code, message, trailing_metadata=trailer)
         raise AssertionError("context.abort returns only by raising")
 
     call.__name__ = method.__name__
