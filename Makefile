@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 REPO ?= models
 HOST ?= 127.0.0.1
 PORT ?= 8000
+GRPC_PORT ?= 8001
 
 .PHONY: run test lint bench clean
 
@@ -32,7 +33,7 @@ $(MODELS) &: $(STAMP)
 	$(BIN)/inferd prepare $(REPO)
 
 run: $(STAMP) $(MODELS)
-	$(BIN)/inferd serve $(REPO) --host $(HOST) --port $(PORT)
+	$(BIN)/inferd serve $(REPO) --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

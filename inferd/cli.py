@@ -452,6 +452,8 @@ def serve(
     console.print(f"serving {repository} on [bold]{base}[/bold]  (API docs: {base}/docs)")
     console.print(f"  try: curl -F image=@photo.jpg {base}/predict")
     console.print(f"       curl -d '[\"a cat\", \"a kitten\"]' {base}/embed")
+    if grpc_port is not None:
+        console.print(f"  gRPC (Open Inference Protocol, as tritonclient.grpc speaks it): {host}:{grpc_port}")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
                 timeout_graceful_shutdown=30)
 
