@@ -51,7 +51,7 @@ from inferd.serve.v2.codec import (
     encode_raw_outputs,
 )
 from inferd.serve.v2.inference import run_inference
-from inferd.serve.v2.metadata import model_metadata, server_metadata, triton_config
+from inferd.serve.v2.metadata import model_metadata, server_metadata, statistics, triton_config
 from inferd.serve.v2.shared_memory import SystemSharedMemory
 
 log = logging.getLogger("inferd.serve")
@@ -144,8 +144,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_handled
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        repository = self.repository
-        described = model_metadata(repository, repository.get(request.name, request.version or None))
+        described = model_metadata(self.repository, self.repository.get(request.name, request.version or None))
         return json_format.ParseDict(described, pb.ModelMetadataResponse(), ignore_unknown_fields=True)
 
     @_handled
@@ -156,15 +155,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_handled
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
-        repository = self.repository
-        if not request.name:
-            entries = repository.entries()
-        elif not request.version:
-            repository.get(request.name)
-            entries = [repository.get(request.name, v) for v in repository.versions(request.name)]
-        else:
-            entries = [repository.get(request.name, request.version)]
-        stats = {"model_stats": [e.stats.as_triton(e.name, e.version) for e in entries]}
+        stats = statistics(self.repository, request.name or None, request.version or None)
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     # -- repository ---------------------------------------------------------------------------

@@ -41,6 +41,18 @@ def model_metadata(repository: ModelRepository, entry: ModelEntry) -> dict[str, 
     }
 
 
+def statistics(repository: ModelRepository, model: str | None, version: str | None) -> dict[str, Any]:
+    """Triton's inference statistics: every model, every version of one, or one version."""
+    if model is None:
+        entries = repository.entries()
+    elif version is None:
+        repository.get(model)
+        entries = [repository.get(model, v) for v in repository.versions(model)]
+    else:
+        entries = [repository.get(model, version)]
+    return {"model_stats": [e.stats.as_triton(e.name, e.version) for e in entries]}
+
+
 def _triton_type(dtype: str) -> str:
     datatype = v2_datatype(dtype)
     return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"

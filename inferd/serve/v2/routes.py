@@ -20,7 +20,7 @@ from inferd.serve.v2.codec import INFERENCE_HEADER, binary_outputs_for, decode_r
 from inferd.serve.v2.inference import run_inference
 from inferd.serve.v2.metadata import model_metadata as describe_model
 from inferd.serve.v2.metadata import server_metadata as describe_server
-from inferd.serve.v2.metadata import triton_config
+from inferd.serve.v2.metadata import statistics, triton_config
 from inferd.serve.v2.shared_memory import SystemSharedMemory
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
@@ -56,15 +56,7 @@ async def ready(request: Request) -> dict[str, bool]:
 @router.get("/models/{model}/stats")
 @router.get("/models/{model}/versions/{version}/stats")
 async def model_stats(request: Request, model: str | None = None, version: str | None = None) -> dict[str, Any]:
-    repository = _repository(request)
-    if model is None:
-        entries = repository.entries()
-    elif version is None:
-        repository.get(model)
-        entries = [repository.get(model, v) for v in repository.versions(model)]
-    else:
-        entries = [repository.get(model, version)]
-    return {"model_stats": [e.stats.as_triton(e.name, e.version) for e in entries]}
+    return statistics(_repository(request), model, version)
 
 
 @router.get("/models/{model}")
