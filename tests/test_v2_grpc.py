@@ -205,3 +205,17 @@ async def test_overload_is_unavailable_with_retry_after(default_repository: Path
     for error in refused:
         assert error.code() == grpc.StatusCode.UNAVAILABLE and "max_queue_size" in (error.details() or "")
         assert int(dict(error.trailing_metadata() or ())["retry-after"]) >= 1
+
+
+def test_corrupt_messages_are_invalid_argument(grpc_server: LiveServer, client: triton.InferenceServerClient) -> None:
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_server.app.state.grpc_port}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(b"\x0a\xff\xff\xff\xff\x0f not protobuf", timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid inference.ModelInferRequest message" in caught.value.details()
+    cuda = _error(client.get_cuda_shared_memory_status)  # not served here: said so, not crashed
+    assert cuda.status() == "StatusCode.UNIMPLEMENTED"
+    assert client.is_server_live()

@@ -16,6 +16,9 @@ Decisions worth knowing:
   sets one; a client that cancels leaves the queue as an HTTP client that disconnects does.
 * ModelStreamInfer runs every request of a stream as it arrives and answers in completion order; a failed
   request answers with `error_message` and the stream goes on, as Triton does.
+* A message that does not parse is INVALID_ARGUMENT with the parser's reason, not grpcio's UNKNOWN: the
+  methods are registered from the proto's descriptor, as the generated code does, with a deserializer that
+  hands the handler the failure instead of raising.
 * Outputs always go out as `raw_output_contents`, as Triton sends them; an output written to shared memory
   keeps its place in that list with empty bytes, since tritonclient finds each output's bytes by position.
 """
@@ -28,7 +31,9 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 # The server never forks while gRPC runs, except to probe the machine with a subprocess; grpcio's fork
@@ -36,7 +41,8 @@ from typing import Any, TypeVar
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
+from google.protobuf.message import DecodeError, Message
 from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 
@@ -75,6 +81,25 @@ Request = TypeVar("Request")
 Reply = TypeVar("Reply")
 
 
+@dataclass(frozen=True)
+class _Corrupt:
+    """What the deserializer hands over for bytes that are not the method's request message."""
+
+    message_type: str
+    reason: str
+
+    def refuse(self) -> None:
+        raise InvalidInput(f"the request is not a valid {self.message_type} message ({self.reason}); send the "
+                           "protobuf message the Open Inference Protocol's gRPC service defines")
+
+
+def _parse(message_class: type[Message], data: bytes) -> Message | _Corrupt:
+    try:
+        return message_class.FromString(data)
+    except DecodeError as exc:
+        return _Corrupt(message_class.DESCRIPTOR.full_name, str(exc))
+
+
 def _handled(method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Reply]],
              ) -> Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Reply]]:
     """Turn InferdError into its gRPC status and anything else into INTERNAL; count and log every call.
@@ -87,6 +112,8 @@ def _handled(method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitabl
         status, message = 200, ""
         trailer: tuple[tuple[str, str], ...] = ()
         try:
+            if isinstance(request, _Corrupt):
+                request.refuse()
             return await method(self, request, context)
         except asyncio.CancelledError:
             status = 499  # the client cancelled or its deadline passed: nobody takes an answer
@@ -217,6 +244,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def answer(request: pb.ModelInferRequest) -> None:
             started, started_at, status = time.perf_counter(), time.time(), 200
             try:
+                if isinstance(request, _Corrupt):
+                    request.refuse()
                 message = pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
             except InferdError as exc:
                 status, message = exc.status_code, _stream_error(request, exc.message)
@@ -333,8 +362,10 @@ def _as_v2(request: pb.ModelInferRequest) -> tuple[dict[str, Any], bytes]:
     return header, b"".join(chunks)
 
 
-def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+def _stream_error(request: pb.ModelInferRequest | _Corrupt, message: str) -> pb.ModelStreamInferResponse:
     """The failed request's id and model go back with the message, so a client can tell which one failed."""
+    if isinstance(request, _Corrupt):
+        return pb.ModelStreamInferResponse(error_message=message)
     return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(
         model_name=request.model_name, model_version=request.model_version, id=request.id))
 
@@ -366,6 +397,20 @@ async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, Unauthorized(UNAUTHORIZED).message)
 
 
+def _handlers(service: InferenceService) -> grpc.GenericRpcHandler:
+    """Every method of the proto's service, bound to `service` (whose base class answers UNIMPLEMENTED for the
+    ones inferd does not serve: CUDA shared memory, trace and log settings)."""
+    descriptor = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in descriptor.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        reply_class = message_factory.GetMessageClass(method.output_type)
+        make = grpc.stream_stream_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(getattr(service, method.name), request_deserializer=partial(_parse, request_class),
+                                     response_serializer=reply_class.SerializeToString)
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
 async def start(service: InferenceService, host: str, port: int, *, api_key: str | None,
                 max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
     """Serve on host:port (0 picks a free port); returns the server and the port it bound."""
@@ -373,7 +418,7 @@ async def start(service: InferenceService, host: str, port: int, *, api_key: str
         interceptors=[_ApiKey(api_key)] if api_key else None,
         options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", -1)],
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
+    server.add_generic_rpc_handlers((_handlers(service),))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind the gRPC port {host}:{port}; is another server using it?")
