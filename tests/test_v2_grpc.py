@@ -219,3 +219,18 @@ def test_corrupt_messages_are_invalid_argument(grpc_server: LiveServer, client: 
     cuda = _error(client.get_cuda_shared_memory_status)  # not served here: said so, not crashed
     assert cuda.status() == "StatusCode.UNIMPLEMENTED"
     assert client.is_server_live()
+
+
+def test_request_ids_come_back_in_trailing_metadata(grpc_server: LiveServer) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_server.app.state.grpc_port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        _, given = stub.ServerMetadata.with_call(service_pb2.ServerMetadataRequest(),
+                                                 metadata=(("x-request-id", "trace-41"),))
+        _, made = stub.ServerMetadata.with_call(service_pb2.ServerMetadataRequest(),
+                                                metadata=(("x-request-id", "bad id\\nforged"),))
+    assert dict(given.trailing_metadata())["x-request-id"] == "trace-41"
+    generated = dict(made.trailing_metadata())["x-request-id"]
+    assert generated != "bad id\\nforged" and len(generated) == 32

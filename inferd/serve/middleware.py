@@ -133,7 +133,11 @@ _id_counter = itertools.count()
 
 
 def _request_id(scope: Scope) -> str:
-    given = _header(scope, REQUEST_ID_HEADER)
+    return safe_request_id(_header(scope, REQUEST_ID_HEADER))
+
+
+def safe_request_id(given: bytes | None) -> str:
+    """The client's X-Request-ID when it is a safe one, else a new id."""
     if given is not None and _VALID_REQUEST_ID.fullmatch(given):
         return given.decode("ascii")
     return f"{_ID_PREFIX}{next(_id_counter):016x}"

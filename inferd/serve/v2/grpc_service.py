@@ -10,6 +10,8 @@ Decisions worth knowing:
 
 * It runs on the HTTP server's event loop, so both faces share the batch queues: a gRPC and an HTTP request
   can meet in one batch.
+* Every call carries an `x-request-id` (the client's, when it sends a safe one, else a new one) back in its
+  trailing metadata and in the access log, as X-Request-ID does over HTTP.
 * Health calls (ServerLive, ServerReady, ModelReady) are open; every other call needs the API key, when the
   server has one, as `authorization: Bearer <key>` or `x-api-key` metadata.
 * The client's gRPC deadline becomes the request's queue deadline unless the request's `timeout` parameter
@@ -48,7 +50,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from inferd.errors import InferdError, InvalidInput, ModelNotFound, NotReady, Overloaded, Unauthorized
 from inferd.serve.metrics import ServerMetrics
-from inferd.serve.middleware import UNAUTHORIZED, access_log, presents_key
+from inferd.serve.middleware import UNAUTHORIZED, access_log, presents_key, safe_request_id
 from inferd.serve.repository import ModelRepository
 from inferd.serve.v2.codec import (
     InferResponse,
@@ -110,7 +112,9 @@ def _handled(method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitabl
     async def call(self: InferenceService, request: Request, context: grpc.aio.ServicerContext) -> Reply:
         started, started_at = time.perf_counter(), time.time()
         status, message = 200, ""
-        trailer: tuple[tuple[str, str], ...] = ()
+        request_id = _request_id(context)
+        trailer: tuple[tuple[str, str], ...] = (("x-request-id", request_id),)
+        context.set_trailing_metadata(trailer)
         try:
             if isinstance(request, _Corrupt):
                 request.refuse()
@@ -121,12 +125,13 @@ def _handled(method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitabl
         except InferdError as exc:
             status, message = exc.status_code, exc.message
             if isinstance(exc, Overloaded | NotReady):
-                trailer = (("retry-after", str(max(1, round(exc.retry_after_s)))),)
+                trailer += (("retry-after", str(max(1, round(exc.retry_after_s)))),)
         except Exception:
             log.exception("unexpected error in gRPC %s", method.__name__)
             status, message = 500, "internal error; the server logged the details"
         finally:
-            self._record(method.__name__, request, status, time.perf_counter() - started, started_at, context)
+            self._record(method.__name__, request, status, time.perf_counter() - started, started_at, context,
+                         request_id)
         code = _STATUS.get(status, grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.INVALID_ARGUMENT)
         await context.abort(code, message, trailing_metadata=trailer)
         raise AssertionError("context.abort returns only by raising")
@@ -240,6 +245,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         answers go back as they finish, and a failed request answers `error_message` without ending the stream."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
+        stream_id = _request_id(context)
 
         async def answer(request: pb.ModelInferRequest) -> None:
             started, started_at, status = time.perf_counter(), time.time(), 200
@@ -252,7 +258,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             except Exception:
                 log.exception("unexpected error in gRPC ModelStreamInfer")
                 status, message = 500, _stream_error(request, "internal error; the server logged the details")
-            self._record("ModelStreamInfer", request, status, time.perf_counter() - started, started_at, context)
+            self._record("ModelStreamInfer", request, status, time.perf_counter() - started, started_at, context,
+                         getattr(request, "id", "") or stream_id)
             answers.put_nowait(message)
 
         async def read() -> None:
@@ -287,7 +294,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     # -- bookkeeping --------------------------------------------------------------------------
 
     def _record(self, method: str, request: Any, status: int, seconds: float, started_at: float,
-                context: grpc.aio.ServicerContext) -> None:
+                context: grpc.aio.ServicerContext, request_id: str) -> None:
         model = getattr(request, "model_name", None) or getattr(request, "name", "") or ""
         version = getattr(request, "model_version", None) or getattr(request, "version", "") or ""
         if self.metrics is not None:
@@ -295,9 +302,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         if self.log_requests and access_log.isEnabledFor(logging.INFO):
             access_log.info(json.dumps({
                 "ts": datetime.fromtimestamp(started_at, UTC).isoformat(timespec="milliseconds"),
-                "method": "gRPC", "path": f"/{SERVICE}/{method}", "status": status,
+                "request_id": request_id, "method": "gRPC", "path": f"/{SERVICE}/{method}", "status": status,
                 "duration_ms": round(seconds * 1000, 3), "client": context.peer(), "model": model or None,
             }))
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    given = next((v for k, v in context.invocation_metadata() or () if k == "x-request-id"), None)
+    return safe_request_id(given.encode() if isinstance(given, str) else given)
 
 
 def _parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
