@@ -234,3 +234,25 @@ def test_request_ids_come_back_in_trailing_metadata(grpc_server: LiveServer) -> 
     assert dict(given.trailing_metadata())["x-request-id"] == "trace-41"
     generated = dict(made.trailing_metadata())["x-request-id"]
     assert generated != "bad id\\nforged" and len(generated) == 32
+
+
+def test_typed_contents_and_raw_contents_agree(grpc_server: LiveServer, chelsea_tensor: np.ndarray) -> None:
+    """Clients that fill `contents.fp32_contents` instead of raw bytes get the same answer; mixing is refused."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    typed = service_pb2.ModelInferRequest(model_name=MODEL)
+    tensor = typed.inputs.add(name="image", datatype="FP32", shape=list(chelsea_tensor.shape))
+    tensor.contents.fp32_contents.extend(chelsea_tensor.reshape(-1).tolist())
+    raw = service_pb2.ModelInferRequest(model_name=MODEL, raw_input_contents=[chelsea_tensor.tobytes()])
+    raw.inputs.add(name="image", datatype="FP32", shape=list(chelsea_tensor.shape))
+    extra = service_pb2.ModelInferRequest(model_name=MODEL, raw_input_contents=[chelsea_tensor.tobytes()] * 2)
+    extra.inputs.add(name="image", datatype="FP32", shape=list(chelsea_tensor.shape))
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_server.app.state.grpc_port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        answers = [np.frombuffer(stub.ModelInfer(r).raw_output_contents[0], np.float32) for r in (typed, raw)]
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(extra)
+    np.testing.assert_allclose(answers[0], answers[1], rtol=1e-5, atol=1e-5)
+    assert top_label(answers[0]) in CAT_LABELS
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "1 more entries" in caught.value.details()
