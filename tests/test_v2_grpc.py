@@ -248,11 +248,17 @@ def test_typed_contents_and_raw_contents_agree(grpc_server: LiveServer, chelsea_
     raw.inputs.add(name="image", datatype="FP32", shape=list(chelsea_tensor.shape))
     extra = service_pb2.ModelInferRequest(model_name=MODEL, raw_input_contents=[chelsea_tensor.tobytes()] * 2)
     extra.inputs.add(name="image", datatype="FP32", shape=list(chelsea_tensor.shape))
+    half = service_pb2.ModelInferRequest(model_name=MODEL)
+    half.inputs.add(name="image", datatype="FP16", shape=[1]).contents.fp32_contents.append(1.0)
     with grpc.insecure_channel(f"127.0.0.1:{grpc_server.app.state.grpc_port}") as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         answers = [np.frombuffer(stub.ModelInfer(r).raw_output_contents[0], np.float32) for r in (typed, raw)]
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.ModelInfer(extra)
+        refusals = []
+        for bad in (extra, half):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(bad)
+            refusals.append(caught.value)
     np.testing.assert_allclose(answers[0], answers[1], rtol=1e-5, atol=1e-5)
     assert top_label(answers[0]) in CAT_LABELS
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "1 more entries" in caught.value.details()
+    assert all(r.code() == grpc.StatusCode.INVALID_ARGUMENT for r in refusals)
+    assert "1 more entries" in refusals[0].details() and "raw_input_contents" in refusals[1].details()

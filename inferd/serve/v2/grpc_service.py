@@ -347,6 +347,9 @@ def _as_v2(request: pb.ModelInferRequest) -> tuple[dict[str, Any], bytes]:
         item: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape),
                                 "parameters": parameters}
         field = _CONTENTS.get(tensor.datatype)
+        if tensor.HasField("contents") and field is None:
+            raise InvalidInput(f"input {tensor.name!r}: {tensor.datatype} has no typed contents field; send its "
+                               "bytes in raw_input_contents")
         typed = list(getattr(tensor.contents, field)) if field and tensor.HasField("contents") else None
         if "shared_memory_region" in parameters or "shared_memory_byte_size" in parameters:
             if typed:
