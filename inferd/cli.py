@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -433,6 +434,8 @@ def serve(
         raise InferdError(f"{repository} is not a directory; run `inferd prepare {repository}` first")
     if model_control not in ("none", "poll", "explicit"):
         raise InferdError(f"--model-control must be none, poll or explicit, not {model_control!r}")
+    if grpc_port is not None:
+        _check_port_free(host, grpc_port, "--grpc-port")
     settings = ServerSettings(
         repository=repository, host=host, port=port, default_model=default_model,
         model_control=model_control,
@@ -456,6 +459,17 @@ def serve(
         console.print(f"  gRPC (Open Inference Protocol, as tritonclient.grpc speaks it): {host}:{grpc_port}")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
                 timeout_graceful_shutdown=30)
+
+
+def _check_port_free(host: str, port: int, option: str) -> None:
+    """Fail before loading any model, with the option to change, rather than in a traceback after."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: a closing one's port is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise InferdError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another port with {option}"
+                              ) from None
 
 
 export_app = typer.Typer(help="Export a package for other platforms: Core ML for Apple devices.", no_args_is_help=True)

@@ -57,3 +57,16 @@ def test_user_error_is_one_line(tmp_path: Path) -> None:
     result = inferd("info", str(tmp_path / "empty"))
     assert result.returncode == 2
     assert "manifest.json is missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_busy_grpc_port_before_loading_models(default_repository: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = inferd("serve", str(default_repository), "--port", "0", "--grpc-port", str(port))
+    assert result.returncode == 2, result.stderr[-500:]
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--grpc-port" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

@@ -428,14 +428,23 @@ def _handlers(service: InferenceService) -> grpc.GenericRpcHandler:
 
 async def start(service: InferenceService, host: str, port: int, *, api_key: str | None,
                 max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
-    """Serve on host:port (0 picks a free port); returns the server and the port it bound."""
+    """Serve on host:port (0 picks a free port); returns the server and the port it bound.
+
+    SO_REUSEPORT is off (grpcio turns it on by default): a second server on the same port must fail, not
+    silently share the port's connections with the first.
+    """
     server = grpc.aio.server(
         interceptors=[_ApiKey(api_key)] if api_key else None,
-        options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", -1)],
+        options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", -1),
+                 ("grpc.so_reuseport", 0)],
     )
     server.add_generic_rpc_handlers((_handlers(service),))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
     if bound == 0:
-        raise OSError(f"could not bind the gRPC port {host}:{port}; is another server using it?")
+        raise OSError(f"could not bind the gRPC port {host}:{port}: another server is using it, or it is not "
+                      "allowed; choose another with --grpc-port")
     await server.start()
     return server, bound
