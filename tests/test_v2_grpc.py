@@ -262,3 +262,29 @@ def test_typed_contents_and_raw_contents_agree(grpc_server: LiveServer, chelsea_
     assert top_label(answers[0]) in CAT_LABELS
     assert all(r.code() == grpc.StatusCode.INVALID_ARGUMENT for r in refusals)
     assert "1 more entries" in refusals[0].details() and "raw_input_contents" in refusals[1].details()
+
+
+async def test_cancelled_calls_leave_the_queue(default_repository: Path, chelsea_tensor: np.ndarray) -> None:
+    """Calls a client cancels while they wait are dropped, not run: the model counts only the ones that ran."""
+    import asyncio
+
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    from inferd.serve.serving_config import ServingConfig
+
+    request = service_pb2.ModelInferRequest(model_name=MODEL, raw_input_contents=[chelsea_tensor.tobytes()])
+    request.inputs.add(name="image", datatype="FP32", shape=list(chelsea_tensor.shape))
+    with _server(default_repository, models=ServingConfig(max_batch_size=1, max_queue_size=64)) as live:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{live.app.state.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            statistics = service_pb2.ModelStatisticsRequest(name=MODEL)
+            before = (await stub.ModelStatistics(statistics)).model_stats[0].inference_count
+            calls = [stub.ModelInfer(request) for _ in range(20)]
+            await asyncio.sleep(0.05)  # all sent and queued behind the first
+            for call in calls[1:]:
+                call.cancel()
+            await calls[0]
+            await asyncio.sleep(0.5)
+            ran = (await stub.ModelStatistics(statistics)).model_stats[0].inference_count - before
+    assert 1 <= ran < 10, ran
