@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import Iterator
+import queue
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.utils.shared_memory as shm
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from inferd.serve.serving_config import ServingConfig
 from tests.conftest import CAT_LABELS, LiveServer, top_label
 
 MODEL = "efficientnet-lite0"
@@ -50,6 +56,20 @@ def _error(call: object) -> InferenceServerException:
     with pytest.raises(InferenceServerException) as caught:
         call()  # type: ignore[operator]
     return caught.value
+
+
+def _raw_request(tensor: np.ndarray) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name=MODEL, raw_input_contents=[tensor.tobytes()])
+    request.inputs.add(name="image", datatype="FP32", shape=list(tensor.shape))
+    return request
+
+
+@contextlib.asynccontextmanager
+async def _aio_stub(repository: Path, **serving: int) -> AsyncIterator[service_pb2_grpc.GRPCInferenceServiceStub]:
+    """grpcio's own asyncio stub on a server of its own, with the serving settings given."""
+    with _server(repository, models=ServingConfig(**serving)) as live:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{live.app.state.grpc_port}") as channel:
+            yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
 def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
@@ -167,8 +187,6 @@ def test_api_key(default_repository: Path, chelsea_tensor: np.ndarray) -> None:
 
 def test_stream_answers_every_request_and_survives_a_bad_one(client: triton.InferenceServerClient,
                                                               chelsea_tensor: np.ndarray) -> None:
-    import queue
-
     answers: queue.Queue[tuple[object, object]] = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
@@ -186,19 +204,11 @@ def test_stream_answers_every_request_and_survives_a_bad_one(client: triton.Infe
 
 async def test_overload_is_unavailable_with_retry_after(default_repository: Path, chelsea_tensor: np.ndarray) -> None:
     """A full queue refuses at once, with the status gRPC clients retry on and when to retry."""
-    import asyncio
 
-    import grpc
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-    from inferd.serve.serving_config import ServingConfig
-
-    request = service_pb2.ModelInferRequest(model_name=MODEL, raw_input_contents=[chelsea_tensor.tobytes()])
-    request.inputs.add(name="image", datatype="FP32", shape=list(chelsea_tensor.shape))
-    with _server(default_repository, models=ServingConfig(max_batch_size=1, max_queue_size=1)) as live:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{live.app.state.grpc_port}") as channel:
-            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            answers = await asyncio.gather(*(stub.ModelInfer(request) for _ in range(12)), return_exceptions=True)
+    request = _raw_request(chelsea_tensor)
+    async with _aio_stub(default_repository, max_batch_size=1, max_queue_size=1) as stub:
+        answers = await asyncio.gather(*(stub.ModelInfer(request) for _ in range(12)), return_exceptions=True)
     refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
     served = [a for a in answers if isinstance(a, service_pb2.ModelInferResponse)]
     assert served and refused and len(served) + len(refused) == 12, answers
@@ -208,7 +218,6 @@ async def test_overload_is_unavailable_with_retry_after(default_repository: Path
 
 
 def test_corrupt_messages_are_invalid_argument(grpc_server: LiveServer, client: triton.InferenceServerClient) -> None:
-    import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{grpc_server.app.state.grpc_port}") as channel:
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
@@ -222,8 +231,6 @@ def test_corrupt_messages_are_invalid_argument(grpc_server: LiveServer, client: 
 
 
 def test_request_ids_come_back_in_trailing_metadata(grpc_server: LiveServer) -> None:
-    import grpc
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{grpc_server.app.state.grpc_port}") as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -238,14 +245,11 @@ def test_request_ids_come_back_in_trailing_metadata(grpc_server: LiveServer) -> 
 
 def test_typed_contents_and_raw_contents_agree(grpc_server: LiveServer, chelsea_tensor: np.ndarray) -> None:
     """Clients that fill `contents.fp32_contents` instead of raw bytes get the same answer; mixing is refused."""
-    import grpc
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     typed = service_pb2.ModelInferRequest(model_name=MODEL)
     tensor = typed.inputs.add(name="image", datatype="FP32", shape=list(chelsea_tensor.shape))
     tensor.contents.fp32_contents.extend(chelsea_tensor.reshape(-1).tolist())
-    raw = service_pb2.ModelInferRequest(model_name=MODEL, raw_input_contents=[chelsea_tensor.tobytes()])
-    raw.inputs.add(name="image", datatype="FP32", shape=list(chelsea_tensor.shape))
+    raw = _raw_request(chelsea_tensor)
     extra = service_pb2.ModelInferRequest(model_name=MODEL, raw_input_contents=[chelsea_tensor.tobytes()] * 2)
     extra.inputs.add(name="image", datatype="FP32", shape=list(chelsea_tensor.shape))
     half = service_pb2.ModelInferRequest(model_name=MODEL)
@@ -266,25 +270,16 @@ def test_typed_contents_and_raw_contents_agree(grpc_server: LiveServer, chelsea_
 
 async def test_cancelled_calls_leave_the_queue(default_repository: Path, chelsea_tensor: np.ndarray) -> None:
     """Calls a client cancels while they wait are dropped, not run: the model counts only the ones that ran."""
-    import asyncio
 
-    import grpc
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-    from inferd.serve.serving_config import ServingConfig
-
-    request = service_pb2.ModelInferRequest(model_name=MODEL, raw_input_contents=[chelsea_tensor.tobytes()])
-    request.inputs.add(name="image", datatype="FP32", shape=list(chelsea_tensor.shape))
-    with _server(default_repository, models=ServingConfig(max_batch_size=1, max_queue_size=64)) as live:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{live.app.state.grpc_port}") as channel:
-            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            statistics = service_pb2.ModelStatisticsRequest(name=MODEL)
-            before = (await stub.ModelStatistics(statistics)).model_stats[0].inference_count
-            calls = [stub.ModelInfer(request) for _ in range(20)]
-            await asyncio.sleep(0.05)  # all sent and queued behind the first
-            for call in calls[1:]:
-                call.cancel()
-            await calls[0]
-            await asyncio.sleep(0.5)
-            ran = (await stub.ModelStatistics(statistics)).model_stats[0].inference_count - before
+    request, statistics = _raw_request(chelsea_tensor), service_pb2.ModelStatisticsRequest(name=MODEL)
+    async with _aio_stub(default_repository, max_batch_size=1, max_queue_size=64) as stub:
+        before = (await stub.ModelStatistics(statistics)).model_stats[0].inference_count
+        calls = [stub.ModelInfer(request) for _ in range(20)]
+        await asyncio.sleep(0.05)  # all sent and queued behind the first
+        for call in calls[1:]:
+            call.cancel()
+        await calls[0]
+        await asyncio.sleep(0.5)
+        ran = (await stub.ModelStatistics(statistics)).model_stats[0].inference_count - before
     assert 1 <= ran < 10, ran
