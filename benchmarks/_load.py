@@ -391,8 +391,10 @@ def write_payloads(kind: str, directory: Path, package: Path = DEFAULT_PACKAGE) 
             raise ValueError(kind)
         path = directory / f"{kind}-{name}.bin"
         path.write_bytes(body)
-        payloads.append({"path": str(path), "header_length": header_length, "bytes": len(body), "image": name,
-                         "input": {"name": spec.name, "shape": [1, *spec.shape[1:]], "datatype": "FP32"}})
+        payload: dict[str, Any] = {"path": str(path), "header_length": header_length, "bytes": len(body), "image": name}
+        if kind == "tensor":
+            payload["input"] = {"name": spec.name, "shape": list(tensor.shape), "datatype": "FP32"}
+        payloads.append(payload)
     return payloads
 
 

@@ -43,7 +43,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         repository = ModelRepository(settings.repository, defaults=settings.models, metrics=metrics,
                                      max_memory_bytes=settings.max_memory_bytes)
         app.state.repository = repository
-        grpc_server = await _start_grpc(app, repository, settings, metrics) if settings.grpc_port is not None else None
+        grpc_server = (await _start_grpc(app, repository, settings, settings.grpc_port, metrics)
+                       if settings.grpc_port is not None else None)
         await _initial_load(repository, settings)
         app.state.ready = True
         poller = (asyncio.create_task(repository.poll_forever(settings.poll_interval_s))
@@ -75,7 +76,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     return app
 
 
-async def _start_grpc(app: FastAPI, repository: ModelRepository, settings: ServerSettings,
+async def _start_grpc(app: FastAPI, repository: ModelRepository, settings: ServerSettings, port: int,
                       metrics: ServerMetrics) -> grpc.aio.Server:
     """The gRPC face, on this event loop so that both faces share the batch queues; its port is in app.state.
 
@@ -86,9 +87,8 @@ async def _start_grpc(app: FastAPI, repository: ModelRepository, settings: Serve
     service = grpc_service.InferenceService(
         repository, app.state.shared_memory, ready=lambda: bool(app.state.ready), metrics=metrics,
         max_image_pixels=settings.max_image_pixels, log_requests=settings.access_log)
-    assert settings.grpc_port is not None
     server, app.state.grpc_port = await grpc_service.start(
-        service, settings.host, settings.grpc_port, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes)
+        service, settings.host, port, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes)
     log.info("serving the Open Inference Protocol over gRPC on %s:%d", settings.host, app.state.grpc_port)
     return server
 

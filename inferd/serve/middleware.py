@@ -112,18 +112,22 @@ class RequestIdMiddleware:
             return
         declared = _header(scope, b"content-length")
         client = scope.get("client")
-        access_log.info(json.dumps({
-            "ts": datetime.fromtimestamp(started_at, UTC).isoformat(timespec="milliseconds"),
-            "request_id": request_id,
-            "method": scope["method"],
-            "path": scope["path"],
-            "status": response.status,
-            "duration_ms": round(seconds * 1000, 3),
-            "client": client[0] if client else None,
-            "bytes_in": int(declared) if declared is not None and declared.isdigit() else None,
-            "bytes_out": response.bytes_out,
-            "model": model or None,
-        }))
+        write_access_line(
+            started_at, request_id, scope["method"], scope["path"], response.status, seconds,
+            client[0] if client else None, model,
+            bytes_in=int(declared) if declared is not None and declared.isdigit() else None,
+            bytes_out=response.bytes_out,
+        )
+
+
+def write_access_line(started_at: float, request_id: str, method: str, path: str, status: int, seconds: float,
+                      client: str | None, model: str, **extra: object) -> None:
+    """One JSON line on the inferd.access logger: the same fields whichever face (HTTP, gRPC) answered."""
+    access_log.info(json.dumps({
+        "ts": datetime.fromtimestamp(started_at, UTC).isoformat(timespec="milliseconds"),
+        "request_id": request_id, "method": method, "path": path, "status": status,
+        "duration_ms": round(seconds * 1000, 3), "client": client, **extra, "model": model or None,
+    }))
 
 
 # Generated ids: 32 hex digits, a random half per process and a counter, unique without asking the

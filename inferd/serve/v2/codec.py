@@ -369,9 +369,7 @@ def _shared_memory_ref(what: str, parameters: dict[str, Any], shared_memory: Sha
             raise InvalidInput(f"{what}: parameters.{field_name} must be a non-negative integer, got {_describe(value)}")
     if shared_memory is None:
         raise InvalidInput(f"{what} is in shared memory, which this endpoint does not take; send it in the body")
-    reference = SharedMemoryRef(region, byte_size, offset or 0)
-    shared_memory.check(reference)
-    return reference
+    return SharedMemoryRef(region, byte_size, offset or 0)
 
 
 def _datatype(name: str, raw: Any) -> str:
@@ -433,6 +431,8 @@ def _decode_output(index: int, item: Any, shared_memory: SharedMemory | None) ->
             f"output '{name}': parameters.binary_data must be true or false, got {_describe(binary_data)}"
         )
     reference = _shared_memory_ref(f"output '{name}'", parameters, shared_memory)
+    if reference is not None and shared_memory is not None:
+        shared_memory.check(reference)  # before the model runs, not after (an input's read checks its own)
     return RequestedOutput(name, binary_data, parameters, reference)
 
 

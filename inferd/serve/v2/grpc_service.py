@@ -28,13 +28,11 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -50,7 +48,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from inferd.errors import InferdError, InvalidInput, ModelNotFound, NotReady, Overloaded, Unauthorized
 from inferd.serve.metrics import ServerMetrics
-from inferd.serve.middleware import UNAUTHORIZED, access_log, presents_key, safe_request_id
+from inferd.serve.middleware import UNAUTHORIZED, access_log, presents_key, safe_request_id, write_access_line
 from inferd.serve.repository import ModelRepository
 from inferd.serve.v2.codec import (
     InferResponse,
@@ -122,13 +120,10 @@ def _handled(method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitabl
         except asyncio.CancelledError:
             status = 499  # the client cancelled or its deadline passed: nobody takes an answer
             raise
-        except InferdError as exc:
-            status, message = exc.status_code, exc.message
+        except Exception as exc:
+            status, message = _outcome(exc, method.__name__)
             if isinstance(exc, Overloaded | NotReady):
                 trailer += (("retry-after", str(max(1, round(exc.retry_after_s)))),)
-        except Exception:
-            log.exception("unexpected error in gRPC %s", method.__name__)
-            status, message = 500, "internal error; the server logged the details"
         finally:
             self._record(method.__name__, request, status, time.perf_counter() - started, started_at, context,
                          request_id)
@@ -253,11 +248,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 if isinstance(request, _Corrupt):
                     request.refuse()
                 message = pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
-            except InferdError as exc:
-                status, message = exc.status_code, _stream_error(request, exc.message)
-            except Exception:
-                log.exception("unexpected error in gRPC ModelStreamInfer")
-                status, message = 500, _stream_error(request, "internal error; the server logged the details")
+            except Exception as exc:
+                status, error = _outcome(exc, "ModelStreamInfer")
+                message = _stream_error(request, error)
             self._record("ModelStreamInfer", request, status, time.perf_counter() - started, started_at, context,
                          getattr(request, "id", "") or stream_id)
             answers.put_nowait(message)
@@ -300,11 +293,16 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         if self.metrics is not None:
             self.metrics.observe_request(model, version, f"grpc {method}", status, seconds)
         if self.log_requests and access_log.isEnabledFor(logging.INFO):
-            access_log.info(json.dumps({
-                "ts": datetime.fromtimestamp(started_at, UTC).isoformat(timespec="milliseconds"),
-                "request_id": request_id, "method": "gRPC", "path": f"/{SERVICE}/{method}", "status": status,
-                "duration_ms": round(seconds * 1000, 3), "client": context.peer(), "model": model or None,
-            }))
+            write_access_line(started_at, request_id, "gRPC", f"/{SERVICE}/{method}", status, seconds, context.peer(),
+                              model)
+
+
+def _outcome(exc: Exception, method: str) -> tuple[int, str]:
+    """The HTTP-equivalent status and the message for a failed call: the user's error, or an internal one logged."""
+    if isinstance(exc, InferdError):
+        return exc.status_code, exc.message
+    log.exception("unexpected error in gRPC %s", method, exc_info=exc)
+    return 500, "internal error; the server logged the details"
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
