@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 # Tests compile into a private cache so they measure cold and warm loads honestly.
 os.environ.setdefault("INFERD_CACHE_DIR", tempfile.mkdtemp(prefix="inferd-test-cache-"))
@@ -127,3 +128,9 @@ def server(default_repository: Path) -> Iterator[LiveServer]:
 
     with LiveServer(ServerSettings(repository=default_repository)) as live:
         yield live
+
+
+def samples(metrics_text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    """The values of one Prometheus series in an exposition, by label set."""
+    return {frozenset(s.labels.items()): s.value for family in text_string_to_metric_families(metrics_text)
+            for s in family.samples if s.name == name}

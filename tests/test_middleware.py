@@ -10,16 +10,18 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Message, Receive, Scope, Send
 
 from inferd.serve.metrics import ServerMetrics
 from inferd.serve.middleware import UNAUTHORIZED, BodyLimitMiddleware, install
-from tests.conftest import free_port
+from inferd.serve.stats import ModelStats
+from inferd.serve.triton_metrics import CpuUsage
+from tests.conftest import free_port, samples
 
 KEY = "s3cret-key"
 LIMIT = 1000
@@ -86,11 +88,6 @@ def _serve(*, api_key: str | None, cors_origins: list[str] | None, log_requests:
     yield Live(f"http://127.0.0.1:{port}", metrics)
     server.should_exit = True
     thread.join(timeout=10)
-
-
-def samples(metrics_text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
-    return {frozenset(s.labels.items()): s.value for family in text_string_to_metric_families(metrics_text)
-            for s in family.samples if s.name == name}
 
 
 def request_count(metrics: ServerMetrics, **labels: str) -> float:
@@ -271,7 +268,7 @@ def test_cors_only_when_configured(secured: Live, plain: Live) -> None:
 
 
 def test_metrics_endpoint_counts_requests_by_route(plain: Live, secured: Live) -> None:
-    plain.metrics.track_model("resnet", "1", load_seconds=0.5, queue_depth=lambda: 0, in_flight=lambda: 0)
+    plain.metrics.track_model("resnet", "1", load_seconds=0.5, queue_depth=lambda: 0, in_flight=lambda: 0, stats=ModelStats())
     try:
         httpx.post(f"{plain.url}/v2/models/resnet/infer")
         httpx.post(f"{plain.url}/v2/models/made-up/infer")
@@ -313,9 +310,9 @@ def test_batch_observer_fills_histograms() -> None:
 def test_tracked_model_gauges_appear_and_disappear() -> None:
     metrics = ServerMetrics()
     depth = [3]
-    metrics.track_model("resnet", "1", load_seconds=1.5, queue_depth=lambda: depth[0], in_flight=lambda: 4)
-    metrics.track_model("resnet", "2", load_seconds=2.5, queue_depth=lambda: 1, in_flight=lambda: 1)
-    metrics.track_model("closing", "1", load_seconds=1.0, queue_depth=lambda: 1 // 0, in_flight=lambda: 0)
+    metrics.track_model("resnet", "1", load_seconds=1.5, queue_depth=lambda: depth[0], in_flight=lambda: 4, stats=ModelStats())
+    metrics.track_model("resnet", "2", load_seconds=2.5, queue_depth=lambda: 1, in_flight=lambda: 1, stats=ModelStats())
+    metrics.track_model("closing", "1", load_seconds=1.0, queue_depth=lambda: 1 // 0, in_flight=lambda: 0, stats=ModelStats())
     depth[0] = 5
     text = metrics.render()[0].decode()
     resnet = frozenset({"model": "resnet"}.items())
@@ -334,10 +331,49 @@ def test_tracked_model_gauges_appear_and_disappear() -> None:
 
 def test_unknown_models_do_not_grow_labels() -> None:
     metrics = ServerMetrics()
-    metrics.track_model("resnet", "1", load_seconds=1.0, queue_depth=lambda: 0, in_flight=lambda: 0)
+    metrics.track_model("resnet", "1", load_seconds=1.0, queue_depth=lambda: 0, in_flight=lambda: 0, stats=ModelStats())
     for name, version in (("resnet", "1"), ("resnet", "9"), ("guess-1", ""), ("guess-2", "1")):
         metrics.observe_request(name, version, "/predict/{model}", 200, 0.01)
     assert request_count(metrics, model="resnet", version="1", route="/predict/{model}", status="200") == 1
     assert request_count(metrics, model="resnet", version="", route="/predict/{model}", status="200") == 1
     assert request_count(metrics, model="", version="", route="/predict/{model}", status="200") == 2
 
+
+
+def test_triton_metric_names_follow_the_statistics() -> None:
+    metrics, stats = ServerMetrics(), ModelStats()
+    stats.on_dequeued(0.002)
+    stats.on_dequeued(0.004)
+    stats.on_batch(rows=6, requests=2, compute_s=0.01)
+    stats.on_request(True, 0.02)
+    stats.on_request(True, 0.03)
+    stats.on_request(False, 0.001)
+    metrics.track_model("resnet", "2", load_seconds=1.0, queue_depth=lambda: 3, in_flight=lambda: 3, stats=stats)
+    text = metrics.render()[0].decode()
+    labels = frozenset({"model": "resnet", "version": "2"}.items())
+    expected = {
+        "nv_inference_request_success": 2, "nv_inference_request_failure": 1, "nv_inference_count": 6,
+        "nv_inference_exec_count": 1, "nv_inference_request_duration_us": 50_000, "nv_inference_queue_duration_us": 6000,
+        "nv_inference_compute_infer_duration_us": 20_000,  # the batch's 10 ms once per request it served, as Triton counts
+        "nv_inference_compute_input_duration_us": 0, "nv_inference_compute_output_duration_us": 0,
+        "nv_inference_pending_request_count": 3,
+    }
+    for name, value in expected.items():
+        assert samples(text, name) == {labels: pytest.approx(value)}, name
+    metrics.forget_model("resnet", "2")
+    assert samples(metrics.render()[0].decode(), "nv_inference_request_success") == {}
+
+
+def test_triton_cpu_gauges_read_proc(tmp_path: Path) -> None:
+    (tmp_path / "stat").write_text("cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 50 0 50 350 50 0 0 0 0 0\n")
+    (tmp_path / "meminfo").write_text("MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    400 kB\n")
+    cpu = CpuUsage(tmp_path)
+    (tmp_path / "stat").write_text("cpu  250 0 150 800 100 0 0 0 0 0\n")  # 200 busy jiffies of 300 since the last read
+    gauges = {family.name: family.samples[0].value for family in cpu.families()}
+    assert gauges == {"nv_cpu_utilization": pytest.approx(2 / 3), "nv_cpu_memory_total_bytes": 1000 * 1024,
+                      "nv_cpu_memory_used_bytes": 600 * 1024}
+    assert list(CpuUsage(tmp_path / "missing").families()) == []  # no /proc: left out, not invented
+    live = {family.name: family.samples[0].value for family in CpuUsage().families()}
+    if live:  # Linux
+        assert 0 <= live["nv_cpu_utilization"] <= 1
+        assert 0 < live["nv_cpu_memory_used_bytes"] < live["nv_cpu_memory_total_bytes"]

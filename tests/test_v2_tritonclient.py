@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import CAT_LABELS, LiveServer, top_label
+from tests.conftest import CAT_LABELS, LiveServer, samples, top_label
 
 MODEL = "efficientnet-lite0"
 
@@ -92,3 +93,30 @@ def test_repository_unload_load_and_stats(client: triton.InferenceServerClient, 
     assert stats["inference_stats"]["compute_infer"]["ns"] > 0
     all_stats = client.get_inference_statistics()
     assert any(s["name"] == MODEL for s in all_stats["model_stats"])
+
+
+def test_triton_metric_names_agree_with_the_statistics(
+    client: triton.InferenceServerClient, server: LiveServer, chelsea_tensor: np.ndarray
+) -> None:
+    """Dashboards built for Triton read its metric names; they must tell what the statistics extension tells."""
+    image = triton.InferInput("image", [2, *chelsea_tensor.shape[1:]], "FP32")
+    image.set_data_from_numpy(np.concatenate([chelsea_tensor, chelsea_tensor]))
+    client.infer(MODEL, [image])
+    stats = client.get_inference_statistics(MODEL)["model_stats"][0]
+    text = httpx.get(f"{server.url}/metrics").text
+    labels = frozenset({"model": MODEL, "version": stats["version"]}.items())
+
+    def value(name: str) -> float:
+        return samples(text, name)[labels]
+
+    inference = stats["inference_stats"]
+    assert value("nv_inference_request_success") == inference["success"]["count"] >= 1
+    assert value("nv_inference_request_failure") == inference["fail"]["count"]
+    assert value("nv_inference_count") == stats["inference_count"] >= value("nv_inference_request_success") + 1
+    assert value("nv_inference_exec_count") == stats["execution_count"]
+    assert value("nv_inference_compute_infer_duration_us") == pytest.approx(inference["compute_infer"]["ns"] / 1000)
+    assert value("nv_inference_queue_duration_us") == pytest.approx(inference["queue"]["ns"] / 1000)
+    assert value("nv_inference_request_duration_us") >= value("nv_inference_compute_infer_duration_us") > 0
+    assert value("nv_inference_pending_request_count") == 0
+    # untyped, so the series keep Triton's names exactly: no "_total" a Triton query would miss
+    assert "# TYPE nv_inference_request_success untyped" in text and "nv_inference_request_success_total" not in text

@@ -29,6 +29,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from inferd.serve.stats import ModelStats
+from inferd.serve.triton_metrics import CpuUsage, ModelSnapshot, triton_families
+
 log = logging.getLogger("inferd.serve")
 
 # From a cached tiny model on a GPU (sub-millisecond) to a cold CPU batch of large images.
@@ -42,14 +45,16 @@ class _TrackedModel:
     load_seconds: float
     queue_depth: Callable[[], int]
     in_flight: Callable[[], int]
+    stats: ModelStats
 
 
 class _LiveCollector:
-    """Reads per-model gauges and memory at scrape time, so the exposition always matches the repository."""
+    """Reads per-model gauges, Triton's metrics and memory at scrape time, so the exposition always matches the repository."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # models load and unload on worker threads while the loop scrapes
         self._models: dict[tuple[str, str], _TrackedModel] = {}
+        self._cpu = CpuUsage()
 
     def track(self, name: str, version: str, model: _TrackedModel) -> None:
         with self._lock:
@@ -74,11 +79,11 @@ class _LiveCollector:
                                         labels=["model"])
         load_seconds = GaugeMetricFamily("inferd_model_load_seconds", "Seconds the model version took to load.",
                                          labels=["model", "version"])
-        readers: list[tuple[GaugeMetricFamily, Callable[[_TrackedModel], int]]] = [
-            (in_flight, lambda model: model.in_flight()), (queue_depth, lambda model: model.queue_depth())]
-        for metric, read in readers:
-            for name, value in _sum_per_model(models, read).items():
-                metric.add_metric([name], value)
+        depths = _read_each(models, lambda model: model.queue_depth())
+        for name, value in _per_model(_read_each(models, lambda model: model.in_flight())).items():
+            in_flight.add_metric([name], value)
+        for name, value in _per_model(depths).items():
+            queue_depth.add_metric([name], value)
         for (name, version), model in models:
             load_seconds.add_metric([name, version], model.load_seconds)
         yield in_flight
@@ -87,18 +92,26 @@ class _LiveCollector:
         yield GaugeMetricFamily("inferd_models_loaded", "Model versions loaded and serving.", value=len(models))
         yield GaugeMetricFamily("inferd_process_resident_memory_bytes", "Resident memory of the server process.",
                                 value=resident_memory_bytes())
+        yield from triton_families([ModelSnapshot(model.stats.as_triton(*key), depths[key])
+                                    for key, model in models if key in depths], self._cpu)
 
 
-def _sum_per_model(models: list[tuple[tuple[str, str], _TrackedModel]],
-                   read: Callable[[_TrackedModel], int]) -> dict[str, int]:
-    """Versions of one model share its label; a callback that fails (a model closing mid-scrape) must not fail the scrape."""
-    totals: dict[str, int] = {}
+def _read_each(models: list[tuple[tuple[str, str], _TrackedModel]],
+               read: Callable[[_TrackedModel], int]) -> dict[tuple[str, str], int]:
+    """Each version's value; a callback that fails (a model closing mid-scrape) is left out, not fatal to the scrape."""
+    values: dict[tuple[str, str], int] = {}
     for (name, version), model in models:
         try:
-            value = read(model)
+            values[name, version] = read(model)
         except Exception:
             log.debug("metrics callback for %s:%s failed; skipping it this scrape", name, version, exc_info=True)
-            continue
+    return values
+
+
+def _per_model(values: dict[tuple[str, str], int]) -> dict[str, int]:
+    """inferd's own gauges label the model only, so its versions add up."""
+    totals: dict[str, int] = {}
+    for (name, _), value in values.items():
         totals[name] = totals.get(name, 0) + value
     return totals
 
@@ -164,8 +177,8 @@ class ServerMetrics:
         return BatchObserver(self, model, version)
 
     def track_model(self, name: str, version: str, load_seconds: float,
-                    queue_depth: Callable[[], int], in_flight: Callable[[], int]) -> None:
-        self._live.track(name, version, _TrackedModel(load_seconds, queue_depth, in_flight))
+                    queue_depth: Callable[[], int], in_flight: Callable[[], int], stats: ModelStats) -> None:
+        self._live.track(name, version, _TrackedModel(load_seconds, queue_depth, in_flight, stats))
 
     def forget_model(self, name: str, version: str) -> None:
         self._live.forget(name, version)

@@ -72,7 +72,7 @@ class MetricsSink(Protocol):
     def observer_for(self, model: str, version: str) -> Any: ...
 
     def track_model(self, name: str, version: str, load_seconds: float, queue_depth: Callable[[], int],
-                    in_flight: Callable[[], int]) -> None: ...
+                    in_flight: Callable[[], int], stats: ModelStats) -> None: ...
 
     def forget_model(self, name: str, version: str) -> None: ...
 
@@ -222,7 +222,8 @@ class ModelRepository:
             self._states[name] = ("READY", "")
             for entry in fresh.values():
                 if self.metrics:
-                    self.metrics.track_model(name, entry.version, entry.load_seconds, entry.queue_depth, entry.in_flight)
+                    self.metrics.track_model(name, entry.version, entry.load_seconds, entry.queue_depth,
+                                             entry.in_flight, entry.stats)
             for entry in old.values():
                 task = asyncio.get_running_loop().create_task(self._retire(entry, keep_metrics=entry.version in fresh))
                 self._retiring.add(task)

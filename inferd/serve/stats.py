@@ -2,7 +2,8 @@
 
 Tools that scrape `/v2/models/stats` (perf_analyzer, dashboards) expect these
 exact field names: counts plus cumulative nanoseconds per phase, and a
-per-batch-size breakdown.
+per-batch-size breakdown. The same numbers feed Triton's Prometheus metric names
+(`inferd.serve.triton_metrics`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ class _Duration:
     count: int = 0
     ns: int = 0
 
-    def add(self, seconds: float) -> None:
-        self.count += 1
-        self.ns += int(seconds * 1e9)
+    def add(self, seconds: float, times: int = 1) -> None:
+        self.count += times
+        self.ns += int(seconds * 1e9) * times
 
     def as_dict(self) -> dict[str, int]:
         return {"count": self.count, "ns": self.ns}
@@ -47,7 +48,8 @@ class ModelStats:
         with self._lock:
             self.inference_count += rows
             self.execution_count += 1
-            self.compute_infer.add(compute_s)
+            # Per request, as Triton counts it: dashboards divide it by the success count for compute per request.
+            self.compute_infer.add(compute_s, times=requests)
             self.batches.setdefault(rows, _Duration()).add(compute_s)
 
     def on_dequeued(self, queue_s: float) -> None:
