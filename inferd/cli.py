@@ -6,8 +6,9 @@ import json
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +18,9 @@ from rich.text import Text
 
 from inferd.errors import InferdError
 from inferd.types import ComputeUnit, Precision
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 app = typer.Typer(
     help="Convert, compress, compile and serve trained models on any machine.",
@@ -135,7 +139,7 @@ def convert(
             allow_fidelity_loss=allow_fidelity_loss, allow_pickle=allow_pickle,
         )
     except ValidationError as exc:
-        raise InferdError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        raise InferdError(_validation_message(exc, lambda loc: ".".join(map(str, loc)))) from None
     with console.status(f"converting {source}") as status:
         package = convert_any(source, options, progress=lambda step: status.update(f"{source.name}: {step}"))
         status.update(f"writing {output}")
@@ -415,6 +419,8 @@ def serve(
     timeout: Annotated[float, typer.Option(help="default request deadline in seconds")] = 30.0,
     max_memory: Annotated[str | None, typer.Option(help="memory budget for loaded models, e.g. 4G")] = None,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted")] = 64 * 1024 * 1024,
+    body_timeout: Annotated[float, typer.Option(
+        help="seconds a request body may pause before the server answers 408 (slow-client guard)")] = 60.0,
     api_key: Annotated[str | None, typer.Option(envvar="INFERD_API_KEY", help="require this key (Bearer or X-API-Key)")] = None,
     cors_origin: Annotated[list[str] | None, typer.Option(help="allow browser calls from this origin")] = None,
     access_log: Annotated[bool, typer.Option(help="log one JSON line per request to stderr")] = True,
@@ -426,6 +432,7 @@ def serve(
 ) -> None:
     """Serve the models of a repository over HTTP: simple REST and the Open Inference Protocol (V2)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from inferd.serve import ServerSettings, create_app
     from inferd.serve.serving_config import ServingConfig
@@ -434,19 +441,23 @@ def serve(
         raise InferdError(f"{repository} is not a directory; run `inferd prepare {repository}` first")
     if model_control not in ("none", "poll", "explicit"):
         raise InferdError(f"--model-control must be none, poll or explicit, not {model_control!r}")
+    try:
+        settings = ServerSettings(
+            repository=repository, host=host, port=port, default_model=default_model,
+            model_control=model_control,
+            load_models=load_model or [], poll_interval_s=poll_interval,
+            models=ServingConfig(max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
+                                 max_queue_size=max_queue_size, instances=instances, timeout_s=timeout,
+                                 compute_units=compute_units, precision=precision),
+            max_memory_bytes=_parse_size(max_memory) if max_memory else None, max_body_bytes=max_body_bytes,
+            body_timeout_s=body_timeout,
+            api_key=api_key, cors_origins=cors_origin or [], access_log=access_log,
+            allow_shared_memory=allow_shared_memory, grpc_port=grpc_port,
+        )
+    except ValidationError as exc:
+        raise InferdError(_validation_message(exc, _serve_option)) from None
     if grpc_port is not None:
         _check_port_free(host, grpc_port, "--grpc-port")
-    settings = ServerSettings(
-        repository=repository, host=host, port=port, default_model=default_model,
-        model_control=model_control,
-        load_models=load_model or [], poll_interval_s=poll_interval,
-        models=ServingConfig(max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
-                             max_queue_size=max_queue_size, instances=instances, timeout_s=timeout,
-                             compute_units=compute_units, precision=precision),
-        max_memory_bytes=_parse_size(max_memory) if max_memory else None, max_body_bytes=max_body_bytes,
-        api_key=api_key, cors_origins=cors_origin or [], access_log=access_log,
-        allow_shared_memory=allow_shared_memory, grpc_port=grpc_port,
-    )
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("inferd").addHandler(handler)
@@ -459,6 +470,21 @@ def serve(
         console.print(f"  gRPC (Open Inference Protocol, as tritonclient.grpc speaks it): {host}:{grpc_port}")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
                 timeout_graceful_shutdown=30)
+
+
+def _validation_message(exc: ValidationError, name: Callable[[tuple[int | str, ...]], str]) -> str:
+    """pydantic's complaints as one line, each under the name the user gave the value (`name` maps its location)."""
+    return "; ".join(f"{name(tuple(error['loc']))}: {error['msg']}" for error in exc.errors())
+
+
+# Settings fields whose command-line option is not the field's own name in kebab case.
+_SERVE_FLAGS = {"poll_interval_s": "--poll-interval", "timeout_s": "--timeout", "body_timeout_s": "--body-timeout",
+                "max_memory_bytes": "--max-memory", "load_models": "--load-model", "cors_origins": "--cors-origin"}
+
+
+def _serve_option(location: tuple[int | str, ...]) -> str:
+    field = str(location[-1])
+    return _SERVE_FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def _check_port_free(host: str, port: int, option: str) -> None:

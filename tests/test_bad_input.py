@@ -31,7 +31,8 @@ BODY_LIMIT = 4 * 1024 * 1024
 def guarded(default_repository: Path) -> Iterator[LiveServer]:
     from inferd.serve import ServerSettings
 
-    with LiveServer(ServerSettings(repository=default_repository, api_key=KEY, max_body_bytes=BODY_LIMIT)) as live:
+    settings = ServerSettings(repository=default_repository, api_key=KEY, max_body_bytes=BODY_LIMIT, body_timeout_s=1.0)
+    with LiveServer(settings) as live:
         yield live
 
 
@@ -213,6 +214,19 @@ def test_truncated_body_and_lying_content_length(guarded: LiveServer) -> None:
     bogus = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
              "Content-Length: banana\r\n\r\n{}").encode()
     assert _raw_http(guarded, bogus).startswith(b"HTTP/1.1 4")
+
+
+def test_stalled_body_is_a_408(guarded: LiveServer) -> None:
+    """A V2 client that stops mid-body, still connected, is answered and cut off after --body-timeout."""
+    body = _tensor_json([1, 3, 224, 224])
+    request = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body[:1000]
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, error = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert "--body-timeout" in json.loads(error)["error"]
 
 
 def test_still_serving_after_corpus(guarded: LiveServer, chelsea_png: bytes) -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CAT_LABELS, encode
 
 
@@ -57,6 +59,16 @@ def test_user_error_is_one_line(tmp_path: Path) -> None:
     result = inferd("info", str(tmp_path / "empty"))
     assert result.returncode == 2
     assert "manifest.json is missing" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("option", "value", "complaint"), [
+    ("--body-timeout", "0", "greater than 0"), ("--max-batch-size", "0", "greater than or equal to 1"),
+    ("--poll-interval", "-1", "greater than 0"), ("--grpc-port", "70000", "less than or equal to 65535"),
+])
+def test_serve_names_the_option_out_of_range(default_repository: Path, option: str, value: str, complaint: str) -> None:
+    result = inferd("serve", str(default_repository), option, value)
+    assert result.returncode == 2, result.stderr[-500:]
+    assert f"error: {option}: Input should be {complaint}" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_serve_refuses_a_busy_grpc_port_before_loading_models(default_repository: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -29,7 +30,7 @@ ORIGIN = "https://ui.example"
 
 
 def build_app(metrics: ServerMetrics, *, api_key: str | None, cors_origins: list[str] | None,
-              log_requests: bool = True) -> FastAPI:
+              log_requests: bool = True, body_timeout_s: float = 60.0) -> FastAPI:
     app = FastAPI()
 
     @app.get("/health")
@@ -45,7 +46,7 @@ def build_app(metrics: ServerMetrics, *, api_key: str | None, cors_origins: list
         return {"model_name": model, "request_id": request.state.request_id}
 
     install(app, api_key=api_key, max_body_bytes=LIMIT, cors_origins=cors_origins, metrics=metrics,
-            log_requests=log_requests)
+            log_requests=log_requests, body_timeout_s=body_timeout_s)
     return app
 
 
@@ -70,13 +71,21 @@ def unlogged() -> Iterator[Live]:
     yield from _serve(api_key=None, cors_origins=None, log_requests=False)
 
 
-def _serve(*, api_key: str | None, cors_origins: list[str] | None, log_requests: bool = True) -> Iterator[Live]:
+@pytest.fixture(scope="module")
+def hasty() -> Iterator[Live]:
+    yield from _serve(api_key=None, cors_origins=None, body_timeout_s=0.3)
+
+
+def _serve(*, api_key: str | None, cors_origins: list[str] | None, log_requests: bool = True,
+           body_timeout_s: float = 60.0) -> Iterator[Live]:
     """The LiveServer pattern of conftest, for an app of our own."""
     import uvicorn
 
     metrics = ServerMetrics()
     port = free_port()
-    config = uvicorn.Config(build_app(metrics, api_key=api_key, cors_origins=cors_origins, log_requests=log_requests),
+    app = build_app(metrics, api_key=api_key, cors_origins=cors_origins, log_requests=log_requests,
+                    body_timeout_s=body_timeout_s)
+    config = uvicorn.Config(app,
                             host="127.0.0.1", port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -152,6 +161,60 @@ def test_invalid_content_length_on_the_wire(plain: Live) -> None:
         answer = connection.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert httpx.get(f"{plain.url}/health").status_code == 200
+
+
+def test_a_stalled_body_is_a_408_and_the_connection_closes(hasty: Live) -> None:
+    """A client that stops mid-body (a slowloris) loses its connection instead of holding it for good."""
+    port = int(hasty.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+        started = time.monotonic()
+        answer = b""
+        while chunk := connection.recv(4096):  # until the server closes the connection
+            answer += chunk
+        waited = time.monotonic() - started
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower()
+    assert json.loads(body) == {"error": "the request body stalled: nothing arrived for 0.3 s after 40 bytes "
+                                         "(--body-timeout); send the whole body without pausing"}
+    assert 0.3 <= waited < 5
+    # a body that keeps moving, however slowly, is not a stall; and the server still serves
+    def trickle() -> Iterator[bytes]:
+        for _ in range(4):
+            time.sleep(0.15)
+            yield b"z" * 10
+
+    assert httpx.post(f"{hasty.url}/echo", content=trickle()).content == b"z" * 40
+    assert httpx.get(f"{hasty.url}/health").status_code == 200
+
+
+async def test_waiting_for_a_disconnect_after_the_body_never_times_out() -> None:
+    """The disconnect watcher reads past the body while a request queues: that wait is not a stall."""
+    waited: list[Message] = []
+
+    async def reads_then_waits(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        waited.append(await receive())  # the queue wait: long past the body timeout, then the client leaves
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    messages = [{"type": "http.request", "body": b"abc", "more_body": False}]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(0.2)
+        return {"type": "http.disconnect"}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {"type": "http", "method": "POST", "path": "/echo", "headers": [(b"content-length", b"3")]}
+    await BodyLimitMiddleware(reads_then_waits, LIMIT, body_timeout_s=0.05)(scope, receive, send)
+    assert waited == [{"type": "http.disconnect"}] and sent[0]["status"] == 200
 
 
 async def call(app: BodyLimitMiddleware, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> list[Message]:

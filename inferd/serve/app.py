@@ -71,7 +71,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.router.routes[:0] = v2.fast_infer_routes()
     middleware.install(app, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
-                       cors_origins=settings.cors_origins, metrics=metrics, log_requests=settings.access_log)
+                       cors_origins=settings.cors_origins, metrics=metrics, log_requests=settings.access_log,
+                       body_timeout_s=settings.body_timeout_s)
     _install_error_handlers(app)
     return app
 

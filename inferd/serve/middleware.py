@@ -7,6 +7,7 @@ read headers and wrap `receive` and `send`.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
 import json
@@ -204,72 +205,90 @@ def presents_key(headers: Iterable[tuple[bytes, bytes]], key: bytes) -> bool:
     return False
 
 
-class _BodyTooLarge(Exception):
-    """Raised from `receive` to stop an app that is reading a body over the limit."""
+class _BodyRefused(Exception):
+    """Raised from `receive` to stop an app whose request body is over the limit or has stalled."""
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over the limit: by Content-Length before reading, or by counting a chunked body as it arrives."""
+    """Refuses bodies over the size limit, and bodies that stall.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    The size is checked from Content-Length before reading, or counted as a
+    chunked body arrives. A client that stops sending mid-body would otherwise
+    hold its connection, its task and what it sent so far for good (a slowloris),
+    so each part of a body must arrive within `body_timeout_s` of the previous
+    one; as with nginx's client_body_timeout, a slow upload that keeps moving is fine.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float = 60.0) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+        if body_timeout_s <= 0:
+            raise ValueError(f"body_timeout_s must be positive, got {body_timeout_s}")
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = _header(scope, b"content-length") if scope["type"] == "http" else None
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-        elif declared is None:
-            await self._counting(scope, receive, send)
-        elif not declared.isdigit():
+        elif declared is not None and not declared.isdigit():
             message = f"Content-Length must be a non-negative integer, got {declared.decode('latin-1')!r}"
             await _json_error(400, message)(scope, receive, send)
-        elif int(declared) > self.max_body_bytes:
+        elif declared is not None and int(declared) > self.max_body_bytes:
             await _json_error(413, self._too_large(f"{int(declared)} bytes"))(scope, receive, send)
         else:
-            # The HTTP server never delivers more than Content-Length, so there is nothing left to count.
-            await self.app(scope, receive, send)
+            await self._guarded(scope, receive, send)
 
     def _too_large(self, size: str) -> str:
         return f"request body is {size}; the limit is {self.max_body_bytes} bytes (--max-body-bytes)"
 
-    async def _counting(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Once over the limit, the app's own answer (often a 400 for a broken body) gives way to a 413 unless it began."""
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Once refused, the app's own answer (often a 400 for a broken body) gives way to the refusal unless it began."""
         received = 0
-        over = started = False
+        body_done = started = False
+        refusal: tuple[int, str] | None = None
 
-        async def counting_receive() -> Message:
-            nonlocal received, over
-            if over:
-                raise _BodyTooLarge
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal received, body_done, refusal
+            if refusal:
+                raise _BodyRefused
+            if body_done:  # the app now waits for a disconnect, which may rightly take long
+                return await receive()
+            try:
+                async with asyncio.timeout(self.body_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                refusal = (408, f"the request body stalled: nothing arrived for {self.body_timeout_s:g} s after "
+                                f"{received} bytes (--body-timeout); send the whole body without pausing")
+                raise _BodyRefused from None
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
-                over = received > self.max_body_bytes
-                if over:
-                    raise _BodyTooLarge
+                if received > self.max_body_bytes:  # only a chunked body, without Content-Length, gets here
+                    refusal = (413, self._too_large(f"at least {received} bytes"))
+                    raise _BodyRefused
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
-            if over and not started:
+            if refusal and not started:
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, guarded_send)
+            await self.app(scope, guarded_receive, guarded_send)
         except Exception:
-            if not over:
+            if not refusal:
                 raise
-        if over and not started:
-            await _json_error(413, self._too_large(f"at least {received} bytes"))(scope, receive, send)
+        if refusal and not started:
+            # The rest of the body may still come: close rather than read it as the next request.
+            await _json_error(*refusal, headers={"Connection": "close"})(scope, receive, send)
 
 
 def install(app: FastAPI, *, api_key: str | None, max_body_bytes: int, cors_origins: list[str] | None,
-            metrics: ServerMetrics, log_requests: bool = True) -> None:
+            metrics: ServerMetrics, log_requests: bool = True, body_timeout_s: float = 60.0) -> None:
     """Adds the middlewares, outermost first: request id and log, CORS, body limit, API key.
 
     CORS sits outside the API key and the body limit because browsers send
@@ -279,7 +298,7 @@ def install(app: FastAPI, *, api_key: str | None, max_body_bytes: int, cors_orig
     app.include_router(metrics_router(metrics))
     # Starlette puts each added middleware outside the ones before it: add innermost first.
     app.add_middleware(ApiKeyMiddleware, api_key=api_key)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"],
                            expose_headers=["X-Request-ID", "Retry-After", "WWW-Authenticate"])

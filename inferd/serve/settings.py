@@ -26,6 +26,7 @@ class ServerSettings(BaseModel):
     max_memory_bytes: int | None = Field(None, gt=0, description="unload least recently used models past this")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0, description="longest pause within a request body before 408")
     api_key: str | None = Field(default_factory=lambda: os.environ.get("INFERD_API_KEY") or None)
     cors_origins: list[str] = Field(default_factory=list)
     access_log: bool = Field(True, description="log one JSON line per request (inferd.access logger)")
