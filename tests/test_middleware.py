@@ -217,6 +217,26 @@ async def test_waiting_for_a_disconnect_after_the_body_never_times_out() -> None
     assert waited == [{"type": "http.disconnect"}] and sent[0]["status"] == 200
 
 
+async def test_a_cancellation_from_elsewhere_is_not_taken_for_a_stall() -> None:
+    """Server shutdown cancels request tasks mid-read: that must stay a cancellation, not become a 408."""
+    sent: list[Message] = []
+
+    async def never() -> Message:
+        message: Message = await asyncio.get_running_loop().create_future()  # nothing ever arrives
+        return message
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {"type": "http", "method": "POST", "path": "/echo", "headers": [(b"content-length", b"3")]}
+    task = asyncio.ensure_future(BodyLimitMiddleware(reading_app, LIMIT, body_timeout_s=30)(scope, never, send))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sent == []
+
+
 async def call(app: BodyLimitMiddleware, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> list[Message]:
     """Drive the middleware directly: servers reject some malformed requests before any app sees them."""
     scope: Scope = {"type": "http", "method": "POST", "path": "/echo", "headers": headers}

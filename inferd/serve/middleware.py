@@ -246,28 +246,30 @@ class BodyLimitMiddleware:
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Once refused, the app's own answer (often a 400 for a broken body) gives way to the refusal unless it began."""
         received = 0
-        body_done = started = False
+        started = False
         refusal: tuple[int, str] | None = None
+        watch: _StallWatch | None = _StallWatch(self.body_timeout_s)
 
         async def guarded_receive() -> Message:
-            nonlocal received, body_done, refusal
+            nonlocal received, refusal, watch
             if refusal:
                 raise _BodyRefused
-            if body_done:  # the app now waits for a disconnect, which may rightly take long
+            if watch is None:  # the body is in; the app now waits for a disconnect, which may rightly take long
                 return await receive()
             try:
-                async with asyncio.timeout(self.body_timeout_s):
-                    message = await receive()
-            except TimeoutError:
+                message = await watch.read(receive)
+            except _BodyRefused:
                 refusal = (408, f"the request body stalled: nothing arrived for {self.body_timeout_s:g} s after "
                                 f"{received} bytes (--body-timeout); send the whole body without pausing")
-                raise _BodyRefused from None
+                raise
             if message["type"] == "http.request":
-                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:  # only a chunked body, without Content-Length, gets here
                     refusal = (413, self._too_large(f"at least {received} bytes"))
                     raise _BodyRefused
+            if not message.get("more_body", False):
+                watch.close()
+                watch = None
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -282,9 +284,55 @@ class BodyLimitMiddleware:
         except Exception:
             if not refusal:
                 raise
+        finally:
+            if watch is not None:
+                watch.close()
         if refusal and not started:
             # The rest of the body may still come: close rather than read it as the next request.
             await _json_error(*refusal, headers={"Connection": "close"})(scope, receive, send)
+
+
+class _StallWatch:
+    """Interrupts a body read that has waited `timeout_s` since the body last moved.
+
+    One timer per request, moved along only when it comes due, rather than a
+    timeout around every read: `asyncio.timeout` cost 7 to 9 us per chunk, this
+    costs two clock reads. On a stall it cancels the request's task, whose only
+    pending await is then the read, and turns that cancellation into
+    `_BodyRefused`; a cancellation from anyone else passes through.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._timeout_s = timeout_s
+        self._moved = self._loop.time()
+        self._reading = self._fired = False
+        self._timer = self._loop.call_at(self._moved + timeout_s, self._check)
+
+    def _check(self) -> None:
+        now, due = self._loop.time(), self._moved + self._timeout_s
+        if self._reading and now >= due and self._task is not None:
+            self._fired = True
+            self._task.cancel()
+        else:  # the body moved since the timer was set, or the app is busy between reads
+            self._timer = self._loop.call_at(due if self._reading else now + self._timeout_s, self._check)
+
+    async def read(self, receive: Receive) -> Message:
+        self._moved = self._loop.time()
+        self._reading = True
+        try:
+            return await receive()
+        except asyncio.CancelledError:
+            if self._fired and self._task is not None and self._task.uncancel() == 0:
+                raise _BodyRefused from None
+            raise
+        finally:
+            self._reading = False
+            self._moved = self._loop.time()
+
+    def close(self) -> None:
+        self._timer.cancel()
 
 
 def install(app: FastAPI, *, api_key: str | None, max_body_bytes: int, cors_origins: list[str] | None,
