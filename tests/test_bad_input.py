@@ -6,6 +6,7 @@ authentication and size cases are exercised for real too.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import socket
@@ -143,6 +144,13 @@ def _cases() -> dict[str, dict[str, Any]]:
         "wrong api key": {"body": _tensor_json(small), "auth": {"Authorization": "Bearer nope"}, "status": 401},
         "wrong x-api-key": {"body": _tensor_json(small), "auth": {"X-API-Key": "nope"}, "status": 401},
         "huge body": {"body": b"{" + b" " * (BODY_LIMIT + 10) + b"}", "status": 413},
+        # -- content encodings
+        "gzip header on a plain body": {"body": _tensor_json([1]), "headers": {"Content-Encoding": "gzip"}, "status": 400},
+        "truncated gzip body": {"body": gzip.compress(_tensor_json(small))[:-12], "headers": {"Content-Encoding": "gzip"},
+                                "status": 400},
+        "gzip bomb": {"body": gzip.compress(b" " * (BODY_LIMIT * 4)), "headers": {"Content-Encoding": "gzip"},
+                      "status": 413},
+        "brotli body": {"body": b"\x0b\x02\x80{}\x03", "headers": {"Content-Encoding": "br"}, "status": 415},
         # -- shared memory, off on this server
         "register shared memory when off": {"path": "/v2/systemsharedmemory/region/in/register",
                                             "body": b'{"key": "/in", "offset": 0, "byte_size": 16}', "status": 403},

@@ -18,6 +18,7 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from starlette.types import Message, Receive, Scope, Send
 
+from inferd.serve.encoding import response_encoding
 from inferd.serve.metrics import ServerMetrics
 from inferd.serve.middleware import UNAUTHORIZED, BodyLimitMiddleware, install
 from inferd.serve.stats import ModelStats
@@ -460,3 +461,11 @@ def test_triton_cpu_gauges_read_proc(tmp_path: Path) -> None:
     if live:  # Linux
         assert 0 <= live["nv_cpu_utilization"] <= 1
         assert 0 < live["nv_cpu_memory_used_bytes"] < live["nv_cpu_memory_total_bytes"]
+
+
+@pytest.mark.parametrize(("accept", "chosen"), [
+    ("gzip, deflate, br", "gzip"), ("deflate", "deflate"), ("gzip;q=0, deflate;q=0.5", "deflate"), ("*", "gzip"),
+    ("*, gzip;q=0", "deflate"), ("br, zstd", None), ("identity", None), ("gzip;q=soon", None), ("", None),
+])
+def test_response_encoding_follows_accept_encoding(accept: str, chosen: str | None) -> None:
+    assert response_encoding(accept) == chosen

@@ -103,6 +103,13 @@ def test_infer_raw_tensor_matches_http(client: triton.InferenceServerClient, grp
     np.testing.assert_allclose(logits.reshape(-1), over_http["outputs"][0]["data"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_messages(client: triton.InferenceServerClient, chelsea_tensor: np.ndarray, algorithm: str) -> None:
+    plain = client.infer(MODEL, [_image(chelsea_tensor)]).as_numpy("logits")
+    squeezed = client.infer(MODEL, [_image(chelsea_tensor)], compression_algorithm=algorithm).as_numpy("logits")
+    np.testing.assert_array_equal(squeezed, plain)
+
+
 def test_jpeg_bytes_and_classification(client: triton.InferenceServerClient, coffee_jpeg: bytes,
                                        chelsea_png: bytes) -> None:
     images = triton.InferInput("image", [2], "BYTES")

@@ -120,3 +120,29 @@ def test_triton_metric_names_agree_with_the_statistics(
     assert value("nv_inference_pending_request_count") == 0
     # untyped, so the series keep Triton's names exactly: no "_total" a Triton query would miss
     assert "# TYPE nv_inference_request_success untyped" in text and "nv_inference_request_success_total" not in text
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_and_answers(client: triton.InferenceServerClient, chelsea_tensor: np.ndarray,
+                                         algorithm: str) -> None:
+    """tritonclient's request and response compression, as Triton offers them, give the plain answer."""
+    image = triton.InferInput("image", list(chelsea_tensor.shape), "FP32")
+    image.set_data_from_numpy(chelsea_tensor)
+    plain = client.infer(MODEL, [image]).as_numpy("logits")
+    for binary in (True, False):
+        result = client.infer(MODEL, [image], outputs=[triton.InferRequestedOutput("logits", binary_data=binary)],
+                              request_compression_algorithm=algorithm, response_compression_algorithm=algorithm)
+        logits = result.as_numpy("logits")
+        assert top_label(logits) in CAT_LABELS
+        np.testing.assert_allclose(logits, plain, rtol=1e-6)
+
+
+def test_json_answers_are_compressed_when_accepted(server: LiveServer, chelsea_tensor: np.ndarray) -> None:
+    body = {"inputs": [{"name": "image", "shape": list(chelsea_tensor.shape), "datatype": "FP32",
+                        "data": chelsea_tensor.ravel().tolist()}]}
+    url = f"{server.url}/v2/models/{MODEL}/infer"
+    squeezed = httpx.post(url, json=body, headers={"Accept-Encoding": "deflate"}, timeout=60)
+    assert squeezed.headers["content-encoding"] == "deflate" and "accept-encoding" in squeezed.headers["vary"].lower()
+    assert int(squeezed.headers["content-length"]) < len(squeezed.content) / 2  # JSON numbers shrink well
+    identity = httpx.post(url, json=body, headers={"Accept-Encoding": "identity"}, timeout=60)
+    assert "content-encoding" not in identity.headers and identity.json() == squeezed.json()

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inferd.serve.encoding import ContentEncodingMiddleware
 from inferd.serve.metrics import ServerMetrics, metrics_router
 
 access_log = logging.getLogger("inferd.access")
@@ -337,7 +338,7 @@ class _StallWatch:
 
 def install(app: FastAPI, *, api_key: str | None, max_body_bytes: int, cors_origins: list[str] | None,
             metrics: ServerMetrics, log_requests: bool = True, body_timeout_s: float = 60.0) -> None:
-    """Adds the middlewares, outermost first: request id and log, CORS, body limit, API key.
+    """Adds the middlewares, outermost first: request id and log, CORS, body limit, API key, content encoding.
 
     CORS sits outside the API key and the body limit because browsers send
     preflights without credentials, and need CORS headers on a 401 or 413 to read it.
@@ -345,6 +346,7 @@ def install(app: FastAPI, *, api_key: str | None, max_body_bytes: int, cors_orig
     app.state.metrics = metrics
     app.include_router(metrics_router(metrics))
     # Starlette puts each added middleware outside the ones before it: add innermost first.
+    app.add_middleware(ContentEncodingMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
     if cors_origins:
