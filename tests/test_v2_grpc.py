@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import queue
 from collections.abc import AsyncIterator, Iterator
@@ -140,6 +141,18 @@ def test_repository_and_stats(client: triton.InferenceServerClient, chelsea_tens
     assert _error(lambda: client.infer(MODEL, [_image(chelsea_tensor)])).status() == "StatusCode.NOT_FOUND"
     client.load_model(MODEL)
     assert client.is_model_ready(MODEL)
+
+
+def test_load_with_a_config_override(client: triton.InferenceServerClient) -> None:
+    try:
+        client.load_model(MODEL, config=json.dumps({"max_batch_size": 2, "instance_group": [{"count": 2}]}))
+        config = client.get_model_config(MODEL).config
+        assert config.max_batch_size == 2 and config.instance_group[0].count == 2
+        refused = _error(lambda: client.load_model(MODEL, config='{"ensemble_scheduling": {}}'))
+        assert refused.status() == "StatusCode.INVALID_ARGUMENT" and "ensemble_scheduling" in refused.message()
+    finally:
+        client.load_model(MODEL)
+    assert client.get_model_config(MODEL).config.max_batch_size == 8
 
 
 def test_shared_memory(client: triton.InferenceServerClient, chelsea_tensor: np.ndarray) -> None:

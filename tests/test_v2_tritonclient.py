@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -146,3 +148,38 @@ def test_json_answers_are_compressed_when_accepted(server: LiveServer, chelsea_t
     assert int(squeezed.headers["content-length"]) < len(squeezed.content) * 0.6  # JSON numbers shrink well
     identity = httpx.post(url, json=body, headers={"Accept-Encoding": "identity"}, timeout=60)
     assert "content-encoding" not in identity.headers and identity.json() == squeezed.json()
+
+
+def test_load_with_a_config_override(client: triton.InferenceServerClient, chelsea_tensor: np.ndarray) -> None:
+    """Triton's Model Analyzer loads a model with an edited config to try batch sizes and instance counts."""
+    config = client.get_model_config(MODEL)
+    config["max_batch_size"] = 4
+    config["dynamic_batching"]["max_queue_delay_microseconds"] = 500
+    config["dynamic_batching"]["preferred_batch_size"] = [2, 4]
+    config["instance_group"][0]["count"] = 2
+    image = triton.InferInput("image", list(chelsea_tensor.shape), "FP32")
+    image.set_data_from_numpy(chelsea_tensor)
+    try:
+        client.load_model(MODEL, config=json.dumps(config))
+        served = client.get_model_config(MODEL)
+        assert served["max_batch_size"] == 4 and served["instance_group"][0]["count"] == 2
+        assert served["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+        assert served["dynamic_batching"]["preferred_batch_size"] == [2, 4]
+        assert top_label(client.infer(MODEL, [image]).as_numpy("logits")[0]) in CAT_LABELS
+        for bad, complaint in [
+            ('{"sequence_batching": {}}', r"\['sequence_batching'\] are not supported"),
+            ("{max_batch_size: 2}", "not valid JSON"),
+            ('{"name": "resnet"}', "for model 'resnet'"),
+            ('{"max_batch_size": -3}', "max_batch_size: Input should be greater than or equal to 1"),
+            ('{"dynamic_batching": {"max_queue_delay_microseconds": "soon"}}', "must be a number"),
+            ('{"instance_group": {"count": 2}}', "instance_group must be a list"),
+        ]:
+            with pytest.raises(InferenceServerException, match=complaint):
+                client.load_model(MODEL, config=bad)
+        with pytest.raises(InferenceServerException, match="put the package in the repository"):
+            client.load_model(MODEL, config="{}", files={"file:1/model.onnx": b"\x08\x07"})
+        assert client.get_model_config(MODEL)["max_batch_size"] == 4  # a refused load changes nothing
+        assert client.is_model_ready(MODEL)
+    finally:
+        client.load_model(MODEL)
+    assert client.get_model_config(MODEL)["max_batch_size"] == 8  # a plain load goes back to the flags

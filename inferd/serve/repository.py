@@ -28,7 +28,7 @@ from inferd.package import MANIFEST_FILE
 from inferd.runtime import CompiledModel, load
 from inferd.serve.batcher import BatchingConfig, BatchInputs, DynamicBatcher
 from inferd.serve.metrics import resident_memory_bytes
-from inferd.serve.serving_config import ServingConfig, load_serving_config
+from inferd.serve.serving_config import ServingConfig, load_serving_config, with_overrides
 from inferd.serve.stats import ModelStats
 from inferd.serve.text import TextInputs, takes_text
 
@@ -203,9 +203,14 @@ class ModelRepository:
                 failures[name] = exc.message
         return failures
 
-    async def load(self, name: str) -> list[ModelEntry]:
-        """(Re)load every version of `name` on disk, then swap them in at once; old entries drain."""
+    async def load(self, name: str, overrides: Mapping[str, Any] | None = None) -> list[ModelEntry]:
+        """(Re)load every version of `name` on disk, then swap them in at once; old entries drain.
+
+        `overrides` set serving settings for this load over the flags and serving.toml.
+        """
         check_name(name)
+        if overrides:
+            with_overrides(self.defaults, overrides)  # refuse bad values before anything changes
         async with self._load_lock:
             versions = discover(self.root).get(name)
             if not versions:
@@ -213,7 +218,7 @@ class ModelRepository:
             if name not in self._entries:
                 self._states[name] = ("LOADING", "")
             try:
-                fresh = {v: await self._build(name, v, path) for v, path in versions.items()}
+                fresh = {v: await self._build(name, v, path, overrides or {}) for v, path in versions.items()}
             except InferdError as exc:
                 self._states[name] = ("UNAVAILABLE", exc.message)
                 raise
@@ -231,8 +236,10 @@ class ModelRepository:
             await self._enforce_memory_budget(keep=name)
             return list(fresh.values())
 
-    async def _build(self, name: str, version: str, path: Path) -> ModelEntry:
+    async def _build(self, name: str, version: str, path: Path, overrides: Mapping[str, Any]) -> ModelEntry:
         config = load_serving_config(self.defaults, path.parent if path.parent != self.root else path, path)
+        if overrides:
+            config = with_overrides(config, overrides)
         before = resident_memory_bytes()
         started = time.perf_counter()
         model, inputs = await anyio.to_thread.run_sync(self._load_model, path, config)

@@ -2,18 +2,20 @@
 
 A model directory may hold `serving.toml` (for every version) and a version
 directory its own (for that version), so operators tune batching and limits
-without rebuilding packages. Unknown keys are errors: a typo must not be
+without rebuilding packages; a load request may override them for that load. Unknown keys are errors: a typo must not be
 silently ignored on a production server.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from inferd.errors import PackageError
+from inferd.errors import InvalidInput, PackageError
 from inferd.types import ComputeUnit, Precision
 
 SERVING_FILE = "serving.toml"
@@ -47,3 +49,12 @@ def load_serving_config(defaults: ServingConfig, *directories: Path) -> ServingC
         return ServingConfig.model_validate(merged)
     except ValidationError as exc:
         raise PackageError(f"invalid serving settings for {directories[-1]}: {exc}") from exc
+
+
+def with_overrides(config: ServingConfig, overrides: Mapping[str, Any]) -> ServingConfig:
+    """`config` with a load request's `overrides`, validated as serving.toml is."""
+    try:
+        return ServingConfig.model_validate({**config.model_dump(), **overrides})
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(f"invalid serving settings in the load request: {details}") from None

@@ -57,7 +57,7 @@ from inferd.serve.v2.codec import (
     encode_raw_outputs,
 )
 from inferd.serve.v2.inference import run_inference
-from inferd.serve.v2.metadata import model_metadata, server_metadata, statistics, triton_config
+from inferd.serve.v2.metadata import model_metadata, server_metadata, serving_overrides, statistics, triton_config
 from inferd.serve.v2.shared_memory import SystemSharedMemory
 
 log = logging.getLogger("inferd.serve")
@@ -197,7 +197,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_handled
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any
                                   ) -> pb.RepositoryModelLoadResponse:
-        await self.repository.load(request.model_name)
+        parameters = _parameters(request.parameters)
+        await self.repository.load(request.model_name, serving_overrides(request.model_name, parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_handled

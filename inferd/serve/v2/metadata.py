@@ -1,16 +1,20 @@
 """What the V2 protocol says about the server and its models, as plain dicts both faces (HTTP and gRPC) send.
 
 A text model shows its text input (BYTES, one string per batch row), not the token tensors it is
-tokenized into.
+tokenized into. Triton's model configuration also goes the other way: a load request may carry one
+as its `config` parameter, as Triton's Model Analyzer does to try batch sizes and instance counts.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from inferd import __version__
+from inferd.errors import InvalidInput
 from inferd.serve.repository import ModelEntry, ModelRepository
 from inferd.serve.v2.codec import datatype_of
 from inferd.types import ImageType
@@ -92,3 +96,86 @@ def triton_config(entry: ModelEntry) -> dict[str, Any]:
                                      "default_timeout_microseconds": int((entry.config.timeout_s or 0) * 1e6)},
         }
     return config
+
+
+# Fields of a Triton config that describe the model rather than how it is served: taken as they are
+# (a client sends back what `triton_config` gave it), since the package, not the config, decides them.
+_DESCRIPTIVE = frozenset({"name", "platform", "backend", "runtime", "version_policy", "input", "output", "parameters",
+                          "default_model_filename"})
+_BATCHING = frozenset({"max_queue_delay_microseconds", "preferred_batch_size", "default_queue_policy"})
+_QUEUE_POLICY = frozenset({"max_queue_size", "default_timeout_microseconds"})
+
+
+def serving_overrides(model: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The serving settings a load request's parameters set: Triton's `config` override, read as a patch.
+
+    Settings the config leaves out keep their values (flags and serving.toml),
+    where Triton would reset them, so that `{"max_batch_size": 4}` is a whole request.
+    """
+    if any(key.startswith("file:") for key in parameters):
+        raise InvalidInput("inferd loads packages from its repository; put the package in the repository "
+                           "directory instead of sending model files with the load request")
+    unknown = sorted(set(parameters) - {"config"})
+    if unknown:
+        raise InvalidInput(f"unknown load parameter(s) {unknown}; a load takes only 'config', a Triton model config")
+    if "config" not in parameters:
+        return {}
+    config = _json_object(parameters["config"], "the 'config' parameter")
+    if config.get("name", model) != model:
+        raise InvalidInput(f"the config is for model {config['name']!r}, not {model!r}")
+    _only(config, _DESCRIPTIVE | {"max_batch_size", "dynamic_batching", "instance_group"}, "config",
+          "max_batch_size, dynamic_batching and instance_group (the rest describes the package)")
+    overrides: dict[str, Any] = {}
+    if "max_batch_size" in config:
+        size = config["max_batch_size"]
+        overrides["max_batch_size"] = 1 if size == 0 else size  # Triton's 0: requests are not batched
+    batching = config.get("dynamic_batching")
+    if batching is not None:
+        batching = _object(batching, "dynamic_batching")
+        _only(batching, _BATCHING, "dynamic_batching", ", ".join(sorted(_BATCHING)))
+        if "max_queue_delay_microseconds" in batching:
+            overrides["max_queue_delay_ms"] = _number(batching["max_queue_delay_microseconds"],
+                                                      "max_queue_delay_microseconds") / 1000
+        if "preferred_batch_size" in batching:
+            overrides["preferred_batch_sizes"] = batching["preferred_batch_size"]
+        policy = _object(batching.get("default_queue_policy", {}), "default_queue_policy")
+        _only(policy, _QUEUE_POLICY, "default_queue_policy", ", ".join(sorted(_QUEUE_POLICY)))
+        if "max_queue_size" in policy:
+            overrides["max_queue_size"] = policy["max_queue_size"]
+        if "default_timeout_microseconds" in policy:
+            timeout_us = _number(policy["default_timeout_microseconds"], "default_timeout_microseconds")
+            overrides["timeout_s"] = timeout_us / 1e6 if timeout_us else None  # Triton's 0: no deadline
+    groups = config.get("instance_group")
+    if groups is not None:
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise InvalidInput("instance_group must be a list of objects such as {\"count\": 2, \"kind\": \"KIND_CPU\"}")
+        overrides["instances"] = sum(_number(g.get("count", 1), "an instance group's count") for g in groups)
+    return overrides
+
+
+def _json_object(text: Any, what: str) -> dict[str, Any]:
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be a string holding a JSON object (a Triton model config)")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+    return _object(value, what)
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _only(fields: Mapping[str, Any], known: frozenset[str], what: str, read: str) -> None:
+    unsupported = sorted(set(fields) - known)
+    if unsupported:
+        raise InvalidInput(f"{what} field(s) {unsupported} are not supported; inferd reads {read} there")
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{what} must be a number, not {json.dumps(value)}")
+    return value

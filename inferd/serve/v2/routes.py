@@ -7,6 +7,7 @@ with the gRPC face), the models and their batching in the repository.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -20,7 +21,7 @@ from inferd.serve.v2.codec import INFERENCE_HEADER, binary_outputs_for, decode_r
 from inferd.serve.v2.inference import run_inference
 from inferd.serve.v2.metadata import model_metadata as describe_model
 from inferd.serve.v2.metadata import server_metadata as describe_server
-from inferd.serve.v2.metadata import statistics, triton_config
+from inferd.serve.v2.metadata import serving_overrides, statistics, triton_config
 from inferd.serve.v2.shared_memory import SystemSharedMemory
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
@@ -87,7 +88,16 @@ async def repository_index(request: Request) -> list[dict[str, str]]:
 
 @router.post("/repository/models/{model}/load")
 async def load_model(request: Request, model: str) -> dict[str, Any]:
-    entries = await _repository(request).load(model)
+    """Optionally with `{"parameters": {"config": "<Triton model config JSON>"}}` to set its serving settings."""
+    body = await request.body()
+    try:
+        given = json.loads(body) if body.strip() else {}
+    except ValueError as exc:
+        raise InvalidInput(f"the load request body is not JSON: {exc}") from None
+    parameters = given.get("parameters", {}) if isinstance(given, dict) else None
+    if not isinstance(parameters, dict):
+        raise InvalidInput('the load request body must be a JSON object such as {"parameters": {"config": "..."}}')
+    entries = await _repository(request).load(model, serving_overrides(model, parameters))
     return {"name": model, "versions": [e.version for e in entries], "state": "READY"}
 
 
