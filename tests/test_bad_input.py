@@ -137,6 +137,8 @@ def _cases() -> dict[str, dict[str, Any]]:
         "load body not json": {"path": "/v2/repository/models/efficientnet-lite0/load", "body": b"{nope", "status": 400},
         "load unknown parameter": {"path": "/v2/repository/models/efficientnet-lite0/load",
                                    "body": b'{"parameters": {"colour": "red"}}', "status": 400},
+        "unload unknown parameter": {"path": "/v2/repository/models/efficientnet-lite0/unload",
+                                     "body": b'{"parameters": {"force": true}}', "status": 400},
         "metadata unknown": {"path": "/v2/models/nope", "method": "GET", "status": 404},
         "config unknown": {"path": "/v2/models/nope/config", "method": "GET", "status": 404},
         "stats unknown": {"path": "/v2/models/nope/stats", "method": "GET", "status": 404},

@@ -57,7 +57,14 @@ from inferd.serve.v2.codec import (
     encode_raw_outputs,
 )
 from inferd.serve.v2.inference import run_inference
-from inferd.serve.v2.metadata import model_metadata, server_metadata, serving_overrides, statistics, triton_config
+from inferd.serve.v2.metadata import (
+    check_unload_parameters,
+    model_metadata,
+    server_metadata,
+    serving_overrides,
+    statistics,
+    triton_config,
+)
 from inferd.serve.v2.shared_memory import SystemSharedMemory
 
 log = logging.getLogger("inferd.serve")
@@ -204,6 +211,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_handled
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: Any
                                     ) -> pb.RepositoryModelUnloadResponse:
+        check_unload_parameters(_parameters(request.parameters))
         await self.repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 

@@ -153,6 +153,13 @@ def serving_overrides(model: str, parameters: Mapping[str, Any]) -> dict[str, An
     return overrides
 
 
+def check_unload_parameters(parameters: Mapping[str, Any]) -> None:
+    """Triton's one unload parameter, `unload_dependents`, changes nothing here: no inferd model depends on another."""
+    unknown = sorted(set(parameters) - {"unload_dependents"})
+    if unknown:
+        raise InvalidInput(f"unknown unload parameter(s) {unknown}; an unload takes only 'unload_dependents'")
+
+
 def _json_object(text: Any, what: str) -> dict[str, Any]:
     if not isinstance(text, str):
         raise InvalidInput(f"{what} must be a string holding a JSON object (a Triton model config)")

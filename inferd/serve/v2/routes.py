@@ -19,9 +19,9 @@ from inferd.serve.disconnect import when_client_gone
 from inferd.serve.repository import ModelRepository
 from inferd.serve.v2.codec import INFERENCE_HEADER, binary_outputs_for, decode_request, encode_response
 from inferd.serve.v2.inference import run_inference
+from inferd.serve.v2.metadata import check_unload_parameters, serving_overrides, statistics, triton_config
 from inferd.serve.v2.metadata import model_metadata as describe_model
 from inferd.serve.v2.metadata import server_metadata as describe_server
-from inferd.serve.v2.metadata import serving_overrides, statistics, triton_config
 from inferd.serve.v2.shared_memory import SystemSharedMemory
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
@@ -89,22 +89,29 @@ async def repository_index(request: Request) -> list[dict[str, str]]:
 @router.post("/repository/models/{model}/load")
 async def load_model(request: Request, model: str) -> dict[str, Any]:
     """Optionally with `{"parameters": {"config": "<Triton model config JSON>"}}` to set its serving settings."""
-    body = await request.body()
-    try:
-        given = json.loads(body) if body.strip() else {}
-    except ValueError as exc:
-        raise InvalidInput(f"the load request body is not JSON: {exc}") from None
-    parameters = given.get("parameters", {}) if isinstance(given, dict) else None
-    if not isinstance(parameters, dict):
-        raise InvalidInput('the load request body must be a JSON object such as {"parameters": {"config": "..."}}')
-    entries = await _repository(request).load(model, serving_overrides(model, parameters))
+    overrides = serving_overrides(model, await _repository_parameters(request, "load"))
+    entries = await _repository(request).load(model, overrides)
     return {"name": model, "versions": [e.version for e in entries], "state": "READY"}
 
 
 @router.post("/repository/models/{model}/unload")
 async def unload_model(request: Request, model: str) -> dict[str, str]:
+    check_unload_parameters(await _repository_parameters(request, "unload"))
     await _repository(request).unload(model)
     return {"name": model, "state": "UNAVAILABLE"}
+
+
+async def _repository_parameters(request: Request, action: str) -> dict[str, Any]:
+    """The `parameters` of a load or unload body, which may also be empty."""
+    body = await request.body()
+    try:
+        given = json.loads(body) if body.strip() else {}
+    except ValueError as exc:
+        raise InvalidInput(f"the {action} request body is not JSON: {exc}") from None
+    parameters = given.get("parameters", {}) if isinstance(given, dict) else None
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f'the {action} request body must be a JSON object such as {{"parameters": {{...}}}}')
+    return parameters
 
 
 # -- system shared memory (on with --allow-shared-memory) ----------------------------------------
