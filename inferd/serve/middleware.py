@@ -257,12 +257,17 @@ class BodyLimitMiddleware:
                 raise _BodyRefused
             if watch is None:  # the body is in; the app now waits for a disconnect, which may rightly take long
                 return await receive()
+            watch.reading()
             try:
-                message = await watch.read(receive)
-            except _BodyRefused:
+                message = await receive()
+            except asyncio.CancelledError:
+                if not watch.stalled():
+                    raise
                 refusal = (408, f"the request body stalled: nothing arrived for {self.body_timeout_s:g} s after "
                                 f"{received} bytes (--body-timeout); send the whole body without pausing")
-                raise
+                raise _BodyRefused from None
+            finally:
+                watch.moved()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:  # only a chunked body, without Content-Length, gets here
@@ -299,8 +304,8 @@ class _StallWatch:
     One timer per request, moved along only when it comes due, rather than a
     timeout around every read: `asyncio.timeout` cost 7 to 9 us per chunk, this
     costs two clock reads. On a stall it cancels the request's task, whose only
-    pending await is then the read, and turns that cancellation into
-    `_BodyRefused`; a cancellation from anyone else passes through.
+    pending await is then the read; `stalled` tells that cancellation from one
+    by anyone else, which must pass through.
     """
 
     def __init__(self, timeout_s: float) -> None:
@@ -319,18 +324,17 @@ class _StallWatch:
         else:  # the body moved since the timer was set, or the app is busy between reads
             self._timer = self._loop.call_at(due if self._reading else now + self._timeout_s, self._check)
 
-    async def read(self, receive: Receive) -> Message:
+    def reading(self) -> None:
         self._moved = self._loop.time()
         self._reading = True
-        try:
-            return await receive()
-        except asyncio.CancelledError:
-            if self._fired and self._task is not None and self._task.uncancel() == 0:
-                raise _BodyRefused from None
-            raise
-        finally:
-            self._reading = False
-            self._moved = self._loop.time()
+
+    def moved(self) -> None:
+        self._reading = False
+        self._moved = self._loop.time()
+
+    def stalled(self) -> bool:
+        """Whether a cancellation being handled is this watch's (and only its): then it is taken back."""
+        return self._fired and self._task is not None and self._task.uncancel() == 0
 
     def close(self) -> None:
         self._timer.cancel()
