@@ -78,12 +78,15 @@ def test_bad_request_is_reported(client: triton.InferenceServerClient) -> None:
         client.infer(MODEL, [wrong])
 
 
-def test_repository_unload_load_and_stats(client: triton.InferenceServerClient, chelsea_tensor: np.ndarray) -> None:
+def test_repository_unload_load_and_stats(client: triton.InferenceServerClient, server: LiveServer,
+                                         chelsea_tensor: np.ndarray) -> None:
     index = client.get_model_repository_index()
     assert {"name": MODEL, "version": "1", "state": "READY", "reason": ""} in index
     client.unload_model(MODEL)
     assert not client.is_model_ready(MODEL)
     assert any(row["name"] == MODEL and row["state"] == "UNAVAILABLE" for row in client.get_model_repository_index())
+    ready = httpx.post(f"{server.url}/v2/repository/index", json={"ready": True}).json()  # tritonclient has no flag
+    assert ready and all(row["state"] == "READY" for row in ready) and MODEL not in {row["name"] for row in ready}
     client.load_model(MODEL)
     assert client.is_model_ready(MODEL)
     image = triton.InferInput("image", list(chelsea_tensor.shape), "FP32")

@@ -176,8 +176,8 @@ class ModelRepository:
             raise ModelNotFound(f"model {name!r} has no version {version!r}; available: {self.versions(name)}")
         return versions[version]
 
-    def index(self) -> list[dict[str, str]]:
-        """Every model on disk or loaded, with its state, as Triton's repository index lists them."""
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every model version on disk or loaded (or only those serving), with its state, as Triton lists them."""
         rows = []
         on_disk = discover(self.root)
         for name in sorted(set(on_disk) | set(self._entries) | set(self._states)):
@@ -185,7 +185,7 @@ class ModelRepository:
             for version in sorted(set(on_disk.get(name, {})) | set(loaded), key=version_key):
                 if version in loaded:
                     rows.append({"name": name, "version": version, "state": "READY", "reason": ""})
-                else:
+                elif not ready_only:
                     state, reason = self._states.get(name, ("UNAVAILABLE", "unloaded"))
                     rows.append({"name": name, "version": version,
                                  "state": "UNAVAILABLE" if state == "READY" else state, "reason": reason})

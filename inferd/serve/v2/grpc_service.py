@@ -196,9 +196,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_handled
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        rows = self.repository.index()
-        if request.ready:
-            rows = [row for row in rows if row["state"] == "READY"]
+        rows = self.repository.index(ready_only=request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     @_handled

@@ -83,7 +83,12 @@ async def model_config(request: Request, model: str, version: str | None = None)
 
 @router.post("/repository/index")
 async def repository_index(request: Request) -> list[dict[str, str]]:
-    return _repository(request).index()
+    """Every model on disk or loaded; with `{"ready": true}`, only those ready to serve."""
+    given = await _json_body(request, "repository index")
+    ready = given.get("ready", False)
+    if not isinstance(ready, bool):
+        raise InvalidInput(f'"ready" must be true or false, not {json.dumps(ready)}')
+    return _repository(request).index(ready_only=ready)
 
 
 @router.post("/repository/models/{model}/load")
@@ -101,16 +106,23 @@ async def unload_model(request: Request, model: str) -> dict[str, str]:
     return {"name": model, "state": "UNAVAILABLE"}
 
 
-async def _repository_parameters(request: Request, action: str) -> dict[str, Any]:
-    """The `parameters` of a load or unload body, which may also be empty."""
+async def _json_body(request: Request, action: str) -> dict[str, Any]:
+    """A repository request's JSON object body, which may also be empty."""
     body = await request.body()
     try:
         given = json.loads(body) if body.strip() else {}
     except ValueError as exc:
         raise InvalidInput(f"the {action} request body is not JSON: {exc}") from None
-    parameters = given.get("parameters", {}) if isinstance(given, dict) else None
+    if not isinstance(given, dict):
+        raise InvalidInput(f"the {action} request body must be a JSON object, not {type(given).__name__}")
+    return given
+
+
+async def _repository_parameters(request: Request, action: str) -> dict[str, Any]:
+    """The `parameters` of a load or unload body."""
+    parameters = (await _json_body(request, action)).get("parameters", {})
     if not isinstance(parameters, dict):
-        raise InvalidInput(f'the {action} request body must be a JSON object such as {{"parameters": {{...}}}}')
+        raise InvalidInput(f'the {action} parameters must be a JSON object such as {{"config": "..."}}')
     return parameters
 
 
