@@ -1,14 +1,16 @@
-"""HTTP content encodings: gzip and deflate request bodies in, and responses compressed on request.
+"""HTTP content encodings: gzip and deflate request bodies in, and answers compressed on request.
 
 tritonclient sends `Content-Encoding: gzip` or `deflate` bodies when a caller
 sets `request_compression_algorithm`, and asks for compressed answers with
-`Accept-Encoding` (`response_compression_algorithm`), as Triton supports both;
-so do `requests`, aiohttp and httpx by default. Answers are compressed when they
-are JSON or text; binary tensors barely shrink and go out as they are.
-A body is inflated before any route sees it, with the decompressed size held to
-the same limit as the wire size: a few kilobytes of gzip can inflate to
-gigabytes. Routes and the binary tensor extension then see the plain body, as
-Triton's `Inference-Header-Content-Length` counts it.
+`Accept-Encoding` (`response_compression_algorithm`), as Triton supports both.
+
+A body is inflated before any route sees it, with the inflated size held to the
+same limit as the wire size: a few kilobytes of gzip can inflate to gigabytes.
+Routes and the binary tensor extension then see the plain body, as Triton's
+`Inference-Header-Content-Length` counts it.
+
+Answers are compressed when they are JSON or text, which `requests`, aiohttp
+and httpx accept by default; binary tensors barely shrink and go out as they are.
 """
 
 from __future__ import annotations
@@ -39,22 +41,21 @@ class ContentEncodingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        encoding = accepted = b""
+        encoding = accepted = ""
         for name, value in scope["headers"]:
             if name == b"content-encoding":
-                encoding = value.strip().lower()
+                encoding = value.decode("latin-1").strip().lower()
             elif name == b"accept-encoding":
-                accepted = value
+                accepted = value.decode("latin-1")
         if accepted:
-            send = _compressing(send, response_encoding(accepted.decode("latin-1")))
-        if encoding in (b"", b"identity"):
+            send = _compressing(send, response_encoding(accepted))
+        if encoding in ("", "identity"):
             await self.app(scope, receive, send)
-        elif encoding.decode("latin-1") not in _WBITS:
-            message = (f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; "
-                       "send the body as gzip, deflate or identity")
+        elif encoding not in _WBITS:
+            message = f"Content-Encoding {encoding!r} is not supported; send the body as gzip, deflate or identity"
             await JSONResponse({"error": message}, status_code=415)(scope, receive, send)
         else:
-            await self._inflated(scope, receive, send, encoding.decode("latin-1"))
+            await self._inflated(scope, receive, send, encoding)
 
     async def _inflated(self, scope: Scope, receive: Receive, send: Send, encoding: str) -> None:
         inflater = zlib.decompressobj(_WBITS[encoding])

@@ -1,4 +1,4 @@
-"""Request ids and the access log, the body limit, the API key, and `install` to put them in order.
+"""Request ids and the access log, the body limits (size and stalls), the API key, and `install` to put them in order.
 
 These are pure ASGI middlewares rather than `BaseHTTPMiddleware`, which pipes every
 response through a memory stream and adds latency to each prediction; these only

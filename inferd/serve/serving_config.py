@@ -2,8 +2,8 @@
 
 A model directory may hold `serving.toml` (for every version) and a version
 directory its own (for that version), so operators tune batching and limits
-without rebuilding packages; a load request may override them for that load. Unknown keys are errors: a typo must not be
-silently ignored on a production server.
+without rebuilding packages; a load request may override them for that load.
+Unknown keys are errors: a typo must not be silently ignored on a production server.
 """
 
 from __future__ import annotations
