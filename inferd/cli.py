@@ -6,9 +6,8 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,11 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from inferd.errors import InferdError
+from inferd.errors import InferdError, validation_summary
 from inferd.types import ComputeUnit, Precision
-
-if TYPE_CHECKING:
-    from pydantic import ValidationError
 
 app = typer.Typer(
     help="Convert, compress, compile and serve trained models on any machine.",
@@ -139,7 +135,7 @@ def convert(
             allow_fidelity_loss=allow_fidelity_loss, allow_pickle=allow_pickle,
         )
     except ValidationError as exc:
-        raise InferdError(_validation_message(exc, lambda loc: ".".join(map(str, loc)))) from None
+        raise InferdError(validation_summary(exc)) from None
     with console.status(f"converting {source}") as status:
         package = convert_any(source, options, progress=lambda step: status.update(f"{source.name}: {step}"))
         status.update(f"writing {output}")
@@ -455,7 +451,7 @@ def serve(
             allow_shared_memory=allow_shared_memory, grpc_port=grpc_port,
         )
     except ValidationError as exc:
-        raise InferdError(_validation_message(exc, _serve_option)) from None
+        raise InferdError(validation_summary(exc, _serve_option)) from None
     if grpc_port is not None:
         _check_port_free(host, grpc_port, "--grpc-port")
     handler = logging.StreamHandler()
@@ -470,11 +466,6 @@ def serve(
         console.print(f"  gRPC (Open Inference Protocol, as tritonclient.grpc speaks it): {host}:{grpc_port}")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
                 timeout_graceful_shutdown=30)
-
-
-def _validation_message(exc: ValidationError, name: Callable[[tuple[int | str, ...]], str]) -> str:
-    """pydantic's complaints as one line, each under the name the user gave the value (`name` maps its location)."""
-    return "; ".join(f"{name(tuple(error['loc']))}: {error['msg']}" for error in exc.errors())
 
 
 # Settings fields whose command-line option is not the field's own name in kebab case.

@@ -6,6 +6,12 @@ errors to responses without a table that could drift from this file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class InferdError(Exception):
     """Base class: something the user can fix. Never raised for internal bugs."""
@@ -99,3 +105,12 @@ class Forbidden(InferdError):
     """A request for something the server's configuration turns off."""
 
     status_code = 403
+
+
+def dotted(location: tuple[int | str, ...]) -> str:
+    return ".".join(map(str, location))
+
+
+def validation_summary(exc: ValidationError, name: Callable[[tuple[int | str, ...]], str] = dotted) -> str:
+    """pydantic's complaints as one line, each under the name the user knows the value by (`name` maps its location)."""
+    return "; ".join(f"{name(tuple(error['loc']))}: {error['msg']}" for error in exc.errors())

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from inferd.errors import InvalidInput, PackageError
+from inferd.errors import InvalidInput, PackageError, validation_summary
 from inferd.types import ComputeUnit, Precision
 
 SERVING_FILE = "serving.toml"
@@ -56,5 +56,4 @@ def with_overrides(config: ServingConfig, overrides: Mapping[str, Any]) -> Servi
     try:
         return ServingConfig.model_validate({**config.model_dump(), **overrides})
     except ValidationError as exc:
-        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"invalid serving settings in the load request: {details}") from None
+        raise InvalidInput(f"invalid serving settings in the load request: {validation_summary(exc)}") from None

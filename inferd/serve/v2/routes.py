@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.routing import Route
 
-from inferd.errors import InvalidInput, NotReady
+from inferd.errors import InvalidInput, NotReady, dotted, validation_summary
 from inferd.serve.disconnect import when_client_gone
 from inferd.serve.repository import ModelRepository
 from inferd.serve.v2.codec import INFERENCE_HEADER, binary_outputs_for, decode_request, encode_response
@@ -153,7 +153,7 @@ async def register_shared_memory(request: Request, region: str) -> dict[str, Any
     try:
         registration = RegionRegistration.model_validate_json(await request.body())
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        problems = validation_summary(exc, lambda location: dotted(location) or "body")
         raise InvalidInput(
             f'the register body must be JSON like {{"key": "/input0", "offset": 0, "byte_size": 1024}}: {problems}'
         ) from None
