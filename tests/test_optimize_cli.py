@@ -25,6 +25,17 @@ def test_palettized_package_and_its_report(default_package: Path, tmp_path: Path
     assert "compression vs uncompressed (16 samples)" in result.stdout
 
 
+def test_pruned_then_palettized_as_the_readme_chains_them(default_package: Path, tmp_path: Path) -> None:
+    """Pruned weights are not GPTQ's to refine, so palettization falls back to the nearest entry and says so."""
+    output = tmp_path / "small"
+    result = inferd("optimize", str(default_package), "-o", str(output), "--pipeline", "prune:0.5,palettize:4:16")
+    assert result.returncode == 0, result.stderr
+    small = ModelPackage.load(output)
+    assert [step.kind for step in small.manifest.compression] == ["prune", "palettize"]
+    assert small.manifest.compression[-1].parameters["rounding"].startswith("nearest entry (GPTQ leaves pruned")
+    assert small.size_bytes() <= 0.2 * ModelPackage.load(default_package).size_bytes()
+
+
 def test_existing_output_is_not_overwritten(default_package: Path, tmp_path: Path) -> None:
     (tmp_path / "taken").mkdir()
     result = inferd("optimize", str(default_package), "-o", str(tmp_path / "taken"), "--pipeline", "fp16")

@@ -91,6 +91,8 @@ def _rows(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
 
 def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], feeds: list[Feeds]) -> dict[str, np.ndarray]:
     """E[x x^T] per layer and group over the calibration feeds; rows are subsampled to bound the cost."""
+    if not layers:  # onnxruntime reads an empty list of output names as "all outputs"
+        return {}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     names = list(dict.fromkeys(node.input[0] for node in layers))

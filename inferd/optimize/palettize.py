@@ -90,7 +90,12 @@ class Palettization:
         self.palettes = {w.name: _palette(w.array, bits, group_size) for w in self.weights}
         feeds = _calibration(package, calibration)
         self.biases = _refine(self.model, self.weights, self.palettes, group_size, feeds) if feeds else {}
-        self.rounding = f"GPTQ on {len(feeds)} calibration samples" if feeds else "nearest entry (no calibration data)"
+        if self.biases:
+            self.rounding = f"GPTQ on {len(feeds)} calibration samples"
+        elif feeds:
+            self.rounding = "nearest entry (GPTQ leaves pruned, shared and bias-free weights alone)"
+        else:
+            self.rounding = "nearest entry (no calibration data)"
 
     def float_candidates(self) -> list[str]:
         return [w.layer for w in self.weights]
