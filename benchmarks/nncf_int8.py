@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from inferd.bench.compression import timed_calls
+from inferd.bench.compression import report_json, timed_calls
 from inferd.optimize import build_eval_set, fidelity, predict
 from inferd.optimize.calibration import calibration_feeds
 from inferd.optimize.int8 import StaticQuantization
@@ -115,7 +115,7 @@ def main(rounds: int = 3, runs_per_round: int = 20) -> None:
         "versions": {module: __import__(module).__version__ for module in ("nncf", "openvino", "onnxruntime")},
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    RESULT.write_text(report_json(result))
     print(json.dumps(rows, indent=2))
 
 

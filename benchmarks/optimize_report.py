@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from inferd.bench.compression import render, report
+from inferd.bench.compression import render, report, report_json
 from inferd.optimize import EvalSet, build_eval_set, compress, palettize, to_fp16
 from inferd.optimize.calibration import single_image_input
 from inferd.optimize.evalset import augmented_photos
@@ -86,7 +86,7 @@ def main() -> None:
                              "--max-drop 2 calibrates on 200 and judges on 300 (seed 2)")
     result["acceptance"] = acceptance(result["rows"])
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    RESULT.write_text(report_json(result))
     Console(width=160).print(render(result))
     print(json.dumps(result["acceptance"], indent=2))
 

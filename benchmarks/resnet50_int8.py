@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from inferd.bench.compression import report_json
 from inferd.convert import convert_pytorch
 from inferd.optimize import augmented_photos, quantize_static
 from inferd.runtime import load
@@ -121,7 +122,7 @@ def main() -> None:
         "timing": f"{ROUNDS} interleaved rounds x {RUNS_PER_ROUND} runs, median",
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    RESULT.write_text(report_json(result))
     print(json.dumps(result, indent=2))
 
 

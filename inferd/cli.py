@@ -288,6 +288,7 @@ def optimize(
     from inferd import optimize as opt
     from inferd.bench.compression import render
     from inferd.bench.compression import report as compression_report
+    from inferd.bench.compression import report_json as compression_report_json
     from inferd.package import ModelPackage
 
     if output.exists() and not force:
@@ -315,7 +316,7 @@ def optimize(
         out.print(render(result_report))
         if report_json:
             report_json.parent.mkdir(parents=True, exist_ok=True)
-            report_json.write_text(json.dumps(result_report, indent=2) + "\n")
+            report_json.write_text(compression_report_json(result_report))
             console.print(f"wrote {report_json}")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from inferd.package import ModelPackage
 from tests.test_cli import inferd
 
@@ -18,8 +20,9 @@ def test_palettized_package_and_its_report(default_package: Path, tmp_path: Path
     assert small.manifest.compression[-1].kind == "palettize"
     assert small.manifest.compression[-1].parameters["rounding"] == "GPTQ on 64 calibration samples"  # sample photos
     assert small.size_bytes() <= 0.2 * original.size_bytes()
-    rows = json.loads(report.read_text())["rows"]
+    rows = json.loads(report.read_text(), parse_constant=lambda word: pytest.fail(f"{word} is not JSON"))["rows"]
     assert [row["compression"] for row in rows] == ["none", "palettize"]
+    assert rows[0]["snr_db"] is None  # identical outputs: an infinite SNR, written as null
     assert rows[0]["top1_agreement"] == 1.0 and rows[1]["size_ratio"] >= 5
     assert {"top5_overlap", "cosine", "snr_db"} <= rows[1].keys() and rows[1]["latency_ms"]["onnxruntime"] > 0
     assert "compression vs uncompressed (16 samples)" in result.stdout

@@ -6,6 +6,8 @@ only honest on the real backends, which come after compression in the data path.
 
 from __future__ import annotations
 
+import json
+import math
 import statistics
 import tempfile
 import time
@@ -107,3 +109,18 @@ def render(result: dict[str, Any]) -> Table:
         cells += [f"{row['latency_ms'][b]:.2f}" if b in row["latency_ms"] else "-" for b in backends]
         table.add_row(*cells)
     return table
+
+
+def report_json(result: Any) -> str:
+    """A report as strict JSON: an SNR of identical outputs (infinite) is written as null, which every parser reads."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(result), indent=2, allow_nan=False) + "\n"
