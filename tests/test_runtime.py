@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def test_unavailable_precision_is_explained(default_package: Path) -> None:
         load(default_package, backend="onnxruntime", precision="fp16")
     with pytest.raises(BackendUnavailable, match="not available"):
         load(default_package, backend="tensorrt-nonexistent")
+    if sys.platform != "darwin":
+        with pytest.raises(BackendUnavailable, match=r"'coreml' is not available here \(Core ML runs on macOS only\)"):
+            load(default_package, backend="coreml")
 
 
 def test_predict_batch_splits_back_exactly(default_package: Path, batch: np.ndarray) -> None:

@@ -301,9 +301,13 @@ class DynamicBatcher:
 
     def _deadline_error(self, request: _Request, now: float) -> DeadlineExceeded:
         assert request.deadline is not None
+        allowed_ms = (request.deadline - request.enqueued) * 1000
+        if allowed_ms <= 0:
+            return DeadlineExceeded(f"request for model {self.model.name!r} reached the queue after its deadline; "
+                                    "give it a longer timeout")
         return DeadlineExceeded(
             f"request for model {self.model.name!r} waited {(now - request.enqueued) * 1000:.1f} ms in the queue; "
-            f"the deadline was {(request.deadline - request.enqueued) * 1000:.1f} ms after it arrived"
+            f"the deadline was {allowed_ms:.1f} ms after it arrived"
         )
 
     # -- dispatching ---------------------------------------------------------------------------

@@ -36,4 +36,5 @@ def backend_named(name: str) -> Backend:
     names = [b.name for b in available_backends()]
     from inferd.errors import BackendUnavailable
 
-    raise BackendUnavailable(f"backend {name!r} is not available here; choose one of {names} or 'auto'")
+    where = " (Core ML runs on macOS only)" if name == "coreml" and sys.platform != "darwin" else ""
+    raise BackendUnavailable(f"backend {name!r} is not available here{where}; choose one of {names} or 'auto'")
