@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import queue
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.utils.shared_memory as shm
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -203,6 +206,34 @@ def test_api_key(default_repository: Path, chelsea_tensor: np.ndarray) -> None:
         for headers in ({"authorization": f"Bearer {KEY}"}, {"x-api-key": KEY}):
             logits = client.infer(MODEL, [_image(chelsea_tensor)], headers=headers).as_numpy("logits")
             assert top_label(logits[0]) in CAT_LABELS
+
+
+def test_standard_health_service_for_probes(default_repository: Path) -> None:
+    """Kubernetes gRPC probes and grpc_health_probe call grpc.health.v1 without credentials; a shutdown tells
+    watchers NOT_SERVING, then ends their streams instead of holding the drain."""
+    live = _server(default_repository, api_key=KEY)
+    live.__enter__()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{live.app.state.grpc_port}")
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "inference.GRPCInferenceService"):
+            assert stub.Check(health_pb2.HealthCheckRequest(service=name)).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    except BaseException:
+        live.__exit__(None, None, None)
+        raise
+    stopping = threading.Thread(target=live.__exit__, args=(None, None, None))
+    started = time.monotonic()
+    stopping.start()
+    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert list(watch) == []  # then the server ends the stream
+    stopping.join(timeout=60)
+    assert not stopping.is_alive() and time.monotonic() - started < 10  # not the 30 s drain grace
+    channel.close()
 
 
 def test_stream_answers_every_request_and_survives_a_bad_one(client: triton.InferenceServerClient,

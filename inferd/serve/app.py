@@ -30,6 +30,8 @@ from inferd.serve.v2.shared_memory import SystemSharedMemory
 if TYPE_CHECKING:
     import grpc
 
+    from inferd.serve.v2 import grpc_service
+
 log = logging.getLogger("inferd.serve")
 GRPC_DRAIN_S = 30.0
 
@@ -43,10 +45,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         repository = ModelRepository(settings.repository, defaults=settings.models, metrics=metrics,
                                      max_memory_bytes=settings.max_memory_bytes)
         app.state.repository = repository
-        grpc_server = (await _start_grpc(app, repository, settings, settings.grpc_port, metrics)
-                       if settings.grpc_port is not None else None)
+        grpc_face = (await _start_grpc(app, repository, settings, settings.grpc_port, metrics)
+                     if settings.grpc_port is not None else None)
         await _initial_load(repository, settings)
         app.state.ready = True
+        if grpc_face is not None:
+            grpc_face[1].health.serving()
         poller = (asyncio.create_task(repository.poll_forever(settings.poll_interval_s))
                   if settings.model_control == "poll" else None)
         try:
@@ -55,8 +59,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             app.state.ready = False
             if poller:
                 poller.cancel()
-            if grpc_server is not None:
-                await grpc_server.stop(GRPC_DRAIN_S)  # calls in flight finish; new ones are refused
+            if grpc_face is not None:
+                server, service = grpc_face
+                service.health.shut_down()  # load balancers stop sending before the drain
+                await server.stop(GRPC_DRAIN_S)  # calls in flight finish; new ones are refused
             await repository.close()
             app.state.shared_memory.close()
 
@@ -78,7 +84,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
 
 async def _start_grpc(app: FastAPI, repository: ModelRepository, settings: ServerSettings, port: int,
-                      metrics: ServerMetrics) -> grpc.aio.Server:
+                      metrics: ServerMetrics) -> tuple[grpc.aio.Server, grpc_service.InferenceService]:
     """The gRPC face, on this event loop so that both faces share the batch queues; its port is in app.state.
 
     Imported here, so that grpcio is needed only by servers that speak gRPC.
@@ -91,7 +97,7 @@ async def _start_grpc(app: FastAPI, repository: ModelRepository, settings: Serve
     server, app.state.grpc_port = await grpc_service.start(
         service, settings.host, port, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes)
     log.info("serving the Open Inference Protocol over gRPC on %s:%d", settings.host, app.state.grpc_port)
-    return server
+    return server, service
 
 
 async def _initial_load(repository: ModelRepository, settings: ServerSettings) -> None:

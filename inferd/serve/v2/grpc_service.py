@@ -12,8 +12,11 @@ Decisions worth knowing:
   can meet in one batch.
 * Every call carries an `x-request-id` (the client's, when it sends a safe one, else a new one) back in its
   trailing metadata and in the access log, as X-Request-ID does over HTTP.
-* Health calls (ServerLive, ServerReady, ModelReady) are open; every other call needs the API key, when the
-  server has one, as `authorization: Bearer <key>` or `x-api-key` metadata.
+* Health calls (ServerLive, ServerReady, ModelReady, and gRPC's standard `grpc.health.v1.Health` that
+  Kubernetes probes and grpc_health_probe call) are open; every other call needs the API key, when the
+  server has one, as `authorization: Bearer <key>` or `x-api-key` metadata. The standard health service
+  answers NOT_SERVING until the models are loaded and again once shutdown begins, so a load balancer
+  stops sending work before the drain.
 * The client's gRPC deadline becomes the request's queue deadline unless the request's `timeout` parameter
   sets one; a client that cancels leaves the queue as an HTTP client that disconnects does.
 * ModelStreamInfer runs every request of a stream as it arrives and answers in completion order; a failed
@@ -43,6 +46,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import grpc
 from google.protobuf import json_format, message_factory
 from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 
@@ -70,7 +74,11 @@ from inferd.serve.v2.shared_memory import SystemSharedMemory
 log = logging.getLogger("inferd.serve")
 
 SERVICE = "inference.GRPCInferenceService"
-OPEN_METHODS = frozenset(f"/{SERVICE}/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))
+HEALTH_SERVICE = "grpc.health.v1.Health"
+OPEN_METHODS = frozenset([*(f"/{SERVICE}/{m}" for m in ("ServerLive", "ServerReady", "ModelReady")),
+                          f"/{HEALTH_SERVICE}/Check", f"/{HEALTH_SERVICE}/Watch"])
+# What the standard health service reports on: the whole server ("") and the inference service by name.
+_HEALTH_NAMES = ("", SERVICE)
 
 _STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED,
@@ -153,6 +161,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.metrics = metrics
         self.max_image_pixels = max_image_pixels
         self.log_requests = log_requests
+        self.health = _Health()
 
     # -- health and metadata ------------------------------------------------------------------
 
@@ -400,6 +409,58 @@ def _infer_response(response: InferResponse, shared_memory: SharedMemory) -> pb.
     return message
 
 
+class _Health(health_pb2_grpc.HealthServicer):
+    """gRPC's standard health service: NOT_SERVING until `serving`, and for good from `shut_down`.
+
+    Written here rather than taken from grpcio-health-checking (which provides
+    the messages) because its Watch streams never end: the server's drain would
+    wait its whole grace period for every watcher. Here a shutdown tells each
+    watcher NOT_SERVING and then ends its stream.
+    """
+
+    def __init__(self) -> None:
+        self._serving = self._closing = False
+        self._changed = asyncio.Event()
+
+    def _status(self, service: str) -> int | None:
+        if service not in _HEALTH_NAMES:
+            return None
+        serving = self._serving and not self._closing
+        return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+
+    def _announce(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def serving(self) -> None:
+        self._serving = True
+        self._announce()
+
+    def shut_down(self) -> None:
+        self._closing = True
+        self._announce()
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
+        status = self._status(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}; ask for '' or {SERVICE!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        """Each change of status, starting with the current one; SERVICE_UNKNOWN for a name it does not know."""
+        last = None
+        while True:
+            changed = self._changed
+            status = self._status(request.service)
+            status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN if status is None else status
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            if self._closing:
+                return
+            await changed.wait()
+
+
 class _ApiKey(grpc.aio.ServerInterceptor):
     """Refuse every call but the health ones without the key, before the request is even decoded."""
 
@@ -444,6 +505,7 @@ async def start(service: InferenceService, host: str, port: int, *, api_key: str
                  ("grpc.so_reuseport", 0)],
     )
     server.add_generic_rpc_handlers((_handlers(service),))
+    health_pb2_grpc.add_HealthServicer_to_server(service.health, server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:
