@@ -469,3 +469,11 @@ def test_triton_cpu_gauges_read_proc(tmp_path: Path) -> None:
 ])
 def test_response_encoding_follows_accept_encoding(accept: str, chosen: str | None) -> None:
     assert response_encoding(accept) == chosen
+
+
+def test_head_wherever_get_is_served(plain: Live) -> None:
+    """Load balancers' health checks may use HEAD: the GET answer's status and headers, without the body."""
+    got, head = httpx.get(f"{plain.url}/health"), httpx.head(f"{plain.url}/health")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+    assert httpx.head(f"{plain.url}/echo").status_code == 405  # POST only

@@ -340,9 +340,32 @@ class _StallWatch:
         self._timer.cancel()
 
 
+class HeadMiddleware:
+    """HEAD wherever GET is served, as HTTP asks of every server: the GET answer's status and headers, no body.
+
+    Load balancers' health checks often use HEAD, and FastAPI's routes answer
+    it with 405. The rewrite happens inside the access log, which records HEAD.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 def install(app: FastAPI, *, api_key: str | None, max_body_bytes: int, cors_origins: list[str] | None,
             metrics: ServerMetrics, log_requests: bool = True, body_timeout_s: float = 60.0) -> None:
-    """Adds the middlewares, outermost first: request id and log, CORS, body limit, API key, content encoding.
+    """Adds the middlewares, outermost first: request id and log, CORS, body limit, API key, content encoding, HEAD.
 
     CORS sits outside the API key and the body limit because browsers send
     preflights without credentials, and need CORS headers on a 401 or 413 to read it.
@@ -350,6 +373,7 @@ def install(app: FastAPI, *, api_key: str | None, max_body_bytes: int, cors_orig
     app.state.metrics = metrics
     app.include_router(metrics_router(metrics))
     # Starlette puts each added middleware outside the ones before it: add innermost first.
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(ContentEncodingMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
