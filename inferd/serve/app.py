@@ -28,8 +28,6 @@ from inferd.serve.v2 import routes as v2
 from inferd.serve.v2.shared_memory import SystemSharedMemory
 
 if TYPE_CHECKING:
-    import grpc
-
     from inferd.serve.v2 import grpc_service
 
 log = logging.getLogger("inferd.serve")
@@ -50,7 +48,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         await _initial_load(repository, settings)
         app.state.ready = True
         if grpc_face is not None:
-            grpc_face[1].health.serving()
+            grpc_face.health.serving()
         poller = (asyncio.create_task(repository.poll_forever(settings.poll_interval_s))
                   if settings.model_control == "poll" else None)
         try:
@@ -60,9 +58,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             if poller:
                 poller.cancel()
             if grpc_face is not None:
-                server, service = grpc_face
-                service.health.shut_down()  # load balancers stop sending before the drain
-                await server.stop(GRPC_DRAIN_S)  # calls in flight finish; new ones are refused
+                await grpc_face.stop(GRPC_DRAIN_S)
             await repository.close()
             app.state.shared_memory.close()
 
@@ -84,7 +80,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
 
 async def _start_grpc(app: FastAPI, repository: ModelRepository, settings: ServerSettings, port: int,
-                      metrics: ServerMetrics) -> tuple[grpc.aio.Server, grpc_service.InferenceService]:
+                      metrics: ServerMetrics) -> grpc_service.GrpcFace:
     """The gRPC face, on this event loop so that both faces share the batch queues; its port is in app.state.
 
     Imported here, so that grpcio is needed only by servers that speak gRPC.
@@ -94,10 +90,11 @@ async def _start_grpc(app: FastAPI, repository: ModelRepository, settings: Serve
     service = grpc_service.InferenceService(
         repository, app.state.shared_memory, ready=lambda: bool(app.state.ready), metrics=metrics,
         max_image_pixels=settings.max_image_pixels, log_requests=settings.access_log)
-    server, app.state.grpc_port = await grpc_service.start(
+    face = await grpc_service.start(
         service, settings.host, port, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes)
-    log.info("serving the Open Inference Protocol over gRPC on %s:%d", settings.host, app.state.grpc_port)
-    return server, service
+    app.state.grpc_port = face.port
+    log.info("serving the Open Inference Protocol over gRPC on %s:%d", settings.host, face.port)
+    return face
 
 
 async def _initial_load(repository: ModelRepository, settings: ServerSettings) -> None:

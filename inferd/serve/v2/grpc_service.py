@@ -161,7 +161,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.metrics = metrics
         self.max_image_pixels = max_image_pixels
         self.log_requests = log_requests
-        self.health = _Health()
+        self.health = HealthService()
 
     # -- health and metadata ------------------------------------------------------------------
 
@@ -409,7 +409,7 @@ def _infer_response(response: InferResponse, shared_memory: SharedMemory) -> pb.
     return message
 
 
-class _Health(health_pb2_grpc.HealthServicer):
+class HealthService(health_pb2_grpc.HealthServicer):
     """gRPC's standard health service: NOT_SERVING until `serving`, and for good from `shut_down`.
 
     Written here rather than taken from grpcio-health-checking (which provides
@@ -492,9 +492,23 @@ def _handlers(service: InferenceService) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 
 
+@dataclass(frozen=True)
+class GrpcFace:
+    """A started gRPC server, the port it bound, and its standard health service."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthService
+
+    async def stop(self, grace_s: float) -> None:
+        """NOT_SERVING to health checks first, so load balancers stop sending; then calls in flight finish."""
+        self.health.shut_down()
+        await self.server.stop(grace_s)
+
+
 async def start(service: InferenceService, host: str, port: int, *, api_key: str | None,
-                max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
-    """Serve on host:port (0 picks a free port); returns the server and the port it bound.
+                max_message_bytes: int) -> GrpcFace:
+    """Serve on host:port (0 picks a free port).
 
     SO_REUSEPORT is off (grpcio turns it on by default): a second server on the same port must fail, not
     silently share the port's connections with the first.
@@ -514,4 +528,4 @@ async def start(service: InferenceService, host: str, port: int, *, api_key: str
         raise OSError(f"could not bind the gRPC port {host}:{port}: another server is using it, or it is not "
                       "allowed; choose another with --grpc-port")
     await server.start()
-    return server, bound
+    return GrpcFace(server, bound, service.health)
