@@ -48,6 +48,7 @@ from inferd.optimize._graph import without_dead_nodes
 from inferd.optimize.evalset import EvalSet
 from inferd.optimize.int8 import StaticQuantization, keep_float
 from inferd.package import ModelPackage
+from inferd.runtime.devices import cpu_features
 from inferd.zoo.efficientnet_lite0 import SAMPLE_PHOTOS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,15 +106,6 @@ def margins(logits: np.ndarray) -> np.ndarray:
     return top[:, -1] - top[:, -2]
 
 
-def cpu_flags() -> dict[str, bool]:
-    flags: set[str] = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return {flag: flag in flags for flag in INT8_FLAGS}
-
-
 def main() -> None:
     original = ModelPackage.load(PACKAGE)
     eval_set = build_eval_set(original.manifest, None, 500)
@@ -139,7 +131,8 @@ def main() -> None:
     margin = margins(reference)
     decided = margin >= DECIDED_MARGIN
     photo = np.arange(len(eval_set)) % len(SAMPLE_PHOTOS)  # augmented_photos cycles through the photos
-    result: dict[str, Any] = {"machine": machine_info() | {"int8_cpu_flags": cpu_flags()},
+    features = set(cpu_features())
+    result: dict[str, Any] = {"machine": machine_info() | {"int8_cpu_flags": {f: f in features for f in INT8_FLAGS}},
                               "calibration": "64 augmented scikit-image photos (seed 1); 500 eval photos (seed 0)",
                               "calibration_seconds": round(calibration_s, 1), "rows": {}}
     for name, model in rows.items():
