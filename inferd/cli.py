@@ -23,7 +23,8 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-out = Console()
+# Piped output (a file, grep) is not a terminal: rich's 80 columns would cut table cells short there.
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 PackageArg = Annotated[Path, typer.Argument(
     help="model package directory, or a model file converted on first use and cached "
