@@ -158,6 +158,19 @@ def test_load_with_a_config_override(client: triton.InferenceServerClient) -> No
     assert client.get_model_config(MODEL).config.max_batch_size == 8
 
 
+def test_log_settings(client: triton.InferenceServerClient) -> None:
+    before = client.get_log_settings(as_json=True)["settings"]
+    assert before["log_info"] == {"bool_param": True} and before["log_file"] == {"string_param": ""}
+    try:
+        after = client.update_log_settings({"log_verbose_level": 2}, as_json=True)["settings"]
+        assert after["log_verbose_level"] == {"uint32_param": 2} and after["log_info"] == {"bool_param": True}
+        refused = _error(lambda: client.update_log_settings({"log_format": "ISO8601"}))
+        assert refused.status() == "StatusCode.INVALID_ARGUMENT" and "log_format stays 'default'" in refused.message()
+    finally:
+        client.update_log_settings({"log_verbose_level": 0})
+    assert client.get_log_settings(as_json=True)["settings"]["log_verbose_level"] == {"uint32_param": 0}
+
+
 def test_shared_memory(client: triton.InferenceServerClient, chelsea_tensor: np.ndarray) -> None:
     key, size = f"/inferd-grpc-{os.getpid()}", chelsea_tensor.nbytes
     region = shm.create_shared_memory_region("g", key, size + 4000)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 
 import httpx
 import numpy as np
@@ -186,3 +188,36 @@ def test_load_with_a_config_override(client: triton.InferenceServerClient, chels
     finally:
         client.load_model(MODEL)
     assert client.get_model_config(MODEL)["max_batch_size"] == 8  # a plain load goes back to the flags
+
+
+def test_log_settings(client: triton.InferenceServerClient, chelsea_tensor: np.ndarray,
+                      caplog: pytest.LogCaptureFixture) -> None:
+    """Triton's logging extension: the access lines off and on again while the server runs."""
+    image = triton.InferInput("image", list(chelsea_tensor.shape), "FP32")
+    image.set_data_from_numpy(chelsea_tensor)
+
+    def access_lines_after_a_request() -> int:
+        caplog.clear()
+        client.infer(MODEL, [image])
+        deadline = time.monotonic() + 2  # the line is written as the answer leaves
+        while time.monotonic() < deadline and not any(r.name == "inferd.access" for r in caplog.records):
+            time.sleep(0.02)
+        return sum(r.name == "inferd.access" for r in caplog.records)
+
+    settings = client.get_log_settings()
+    assert settings == {"log_file": "", "log_info": True, "log_warning": True, "log_error": True,
+                        "log_verbose_level": 0, "log_format": "default"}
+    caplog.set_level(logging.INFO, logger="inferd.access")
+    try:
+        assert access_lines_after_a_request() == 1
+        assert client.update_log_settings({"log_info": False})["log_info"] is False
+        assert access_lines_after_a_request() == 0
+        for bad, complaint in [({"log_file": "/tmp/x.log"}, "redirect the server's stderr"),
+                               ({"log_info": "yes"}, "true or false"), ({"log_verbose_level": -1}, ">= 0"),
+                               ({"log_info": True, "colour": 1}, "unknown log setting 'colour'")]:
+            with pytest.raises(InferenceServerException, match=complaint):
+                client.update_log_settings(bad)
+        assert client.get_log_settings()["log_info"] is False  # a refused update changes nothing
+    finally:
+        client.update_log_settings({"log_info": True})
+    assert access_lines_after_a_request() == 1

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from inferd import __version__
 from inferd.errors import InferdError, NotReady, Overloaded
 from inferd.serve import middleware, rest
+from inferd.serve.log_settings import LogSettings
 from inferd.serve.metrics import ServerMetrics
 from inferd.serve.repository import ModelRepository
 from inferd.serve.settings import ServerSettings
@@ -43,6 +44,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         repository = ModelRepository(settings.repository, defaults=settings.models, metrics=metrics,
                                      max_memory_bytes=settings.max_memory_bytes)
         app.state.repository = repository
+        app.state.log_settings.install()
         grpc_face = (await _start_grpc(app, repository, settings, settings.grpc_port, metrics)
                      if settings.grpc_port is not None else None)
         await _initial_load(repository, settings)
@@ -61,6 +63,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 await grpc_face.stop(GRPC_DRAIN_S)
             await repository.close()
             app.state.shared_memory.close()
+            app.state.log_settings.uninstall()
 
     app = FastAPI(
         title="inferd", version=__version__, lifespan=lifespan,
@@ -69,6 +72,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready = False
     app.state.shared_memory = SystemSharedMemory(settings.allow_shared_memory, max_read_bytes=settings.max_body_bytes)
+    app.state.log_settings = LogSettings()
     app.include_router(rest.router)
     app.include_router(v2.router)
     app.router.routes[:0] = v2.fast_infer_routes()
@@ -89,7 +93,8 @@ async def _start_grpc(app: FastAPI, repository: ModelRepository, settings: Serve
 
     service = grpc_service.InferenceService(
         repository, app.state.shared_memory, ready=lambda: bool(app.state.ready), metrics=metrics,
-        max_image_pixels=settings.max_image_pixels, log_requests=settings.access_log)
+        max_image_pixels=settings.max_image_pixels, log_requests=settings.access_log,
+        log_settings=app.state.log_settings)
     face = await grpc_service.start(
         service, settings.host, port, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes)
     app.state.grpc_port = face.port

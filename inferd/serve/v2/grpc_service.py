@@ -51,6 +51,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 
 from inferd.errors import InferdError, InvalidInput, ModelNotFound, NotReady, Overloaded, Unauthorized
+from inferd.serve import log_settings as logs
 from inferd.serve.metrics import ServerMetrics
 from inferd.serve.middleware import UNAUTHORIZED, access_log, presents_key, safe_request_id, write_access_line
 from inferd.serve.repository import ModelRepository
@@ -154,9 +155,11 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     """`ready` reports whether the server has finished loading, as GET /v2/health/ready does."""
 
     def __init__(self, repository: ModelRepository, shared_memory: SystemSharedMemory, *, ready: Callable[[], bool],
-                 metrics: ServerMetrics | None, max_image_pixels: int, log_requests: bool) -> None:
+                 metrics: ServerMetrics | None, max_image_pixels: int, log_requests: bool,
+                 log_settings: logs.LogSettings) -> None:
         self.repository = repository
         self.shared_memory = shared_memory
+        self.log_settings = log_settings
         self.ready = ready
         self.metrics = metrics
         self.max_image_pixels = max_image_pixels
@@ -221,6 +224,18 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         check_unload_parameters(_parameters(request.parameters))
         await self.repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    # -- logging ------------------------------------------------------------------------------
+
+    @_handled
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
+        changes = _parameters(request.settings)
+        settings = self.log_settings.update(changes) if changes else self.log_settings.as_triton()
+        response = pb.LogSettingsResponse()
+        for name, value in settings.items():
+            kind = "bool_param" if isinstance(value, bool) else "uint32_param" if isinstance(value, int) else "string_param"
+            setattr(response.settings[name], kind, value)
+        return response
 
     # -- system shared memory -----------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from inferd.serve.repository import ModelEntry, ModelRepository
 from inferd.serve.v2.codec import datatype_of
 from inferd.types import ImageType
 
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics", "logging"]
 
 
 def server_metadata(shared_memory: bool) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from inferd.errors import InvalidInput, NotReady, dotted, validation_summary
 from inferd.serve.disconnect import when_client_gone
+from inferd.serve.log_settings import LogSettings
 from inferd.serve.repository import ModelRepository
 from inferd.serve.v2.codec import INFERENCE_HEADER, binary_outputs_for, decode_request, encode_response
 from inferd.serve.v2.inference import run_inference
@@ -29,6 +30,11 @@ router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 def _repository(request: Request) -> ModelRepository:
     repository: ModelRepository = request.app.state.repository
     return repository
+
+
+def _log_settings(request: Request) -> LogSettings:
+    settings: LogSettings = request.app.state.log_settings
+    return settings
 
 
 def _shared_memory(request: Request) -> SystemSharedMemory:
@@ -79,6 +85,18 @@ async def model_ready(request: Request, model: str, version: str | None = None) 
 async def model_config(request: Request, model: str, version: str | None = None) -> dict[str, Any]:
     """Triton's model configuration: dims exclude the batch dimension when max_batch_size > 0."""
     return triton_config(_repository(request).get(model, version))
+
+
+@router.get("/logging")
+async def log_settings(request: Request) -> dict[str, Any]:
+    """Triton's logging extension: what the server logs."""
+    return _log_settings(request).as_triton()
+
+
+@router.post("/logging")
+async def update_log_settings(request: Request) -> dict[str, Any]:
+    """Change some of the log settings, e.g. `{"log_verbose_level": 1}` or `{"log_info": false}`; returns them all."""
+    return _log_settings(request).update(await _json_body(request, "log settings"))
 
 
 @router.post("/repository/index")
