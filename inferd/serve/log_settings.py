@@ -24,7 +24,7 @@ from typing import Any
 from inferd.errors import InvalidInput
 
 SERVER_LOGGERS = ("inferd.access", "inferd.serve", "inferd.repository")
-_SWITCHES = {"log_info": logging.INFO, "log_warning": logging.WARNING, "log_error": logging.ERROR}
+_SWITCHES = ("log_info", "log_warning", "log_error")
 _FIXED = {"log_file": "", "log_format": "default"}
 
 
@@ -63,10 +63,13 @@ class LogSettings(logging.Filter):
         return self.as_triton()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.INFO:
-            return self.verbose_level > 0
-        switch = next((name for name, level in reversed(_SWITCHES.items()) if record.levelno >= level), "log_info")
-        return self.enabled[switch]
+        if record.levelno >= logging.ERROR:
+            return self.enabled["log_error"]
+        if record.levelno >= logging.WARNING:
+            return self.enabled["log_warning"]
+        if record.levelno >= logging.INFO:
+            return self.enabled["log_info"]
+        return self.verbose_level > 0
 
     def install(self) -> None:
         for name in SERVER_LOGGERS:

@@ -36,5 +36,10 @@ def backend_named(name: str) -> Backend:
     names = [b.name for b in available_backends()]
     from inferd.errors import BackendUnavailable
 
-    where = " (Core ML runs on macOS only)" if name == "coreml" and sys.platform != "darwin" else ""
-    raise BackendUnavailable(f"backend {name!r} is not available here{where}; choose one of {names} or 'auto'")
+    needs = f" ({_NEEDS[name]})" if name in _NEEDS else ""
+    raise BackendUnavailable(f"backend {name!r} is not available here{needs}; choose one of {names} or 'auto'")
+
+
+# What each backend that `available_backends` may leave out needs, for the error that names it.
+_NEEDS = {"openvino": "install the openvino package", "onnxruntime": "install the onnxruntime package",
+          "coreml": "Core ML runs on macOS only"}

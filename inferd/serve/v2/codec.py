@@ -198,7 +198,7 @@ def decode_parsed_request(
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"the request id must be a string, got {_describe(request_id)}")
-    parameters = _object(header.get("parameters"), "the request's parameters")
+    parameters = as_object(header.get("parameters"), "the request's parameters")
     if not isinstance(parameters.get("binary_data_output", False), bool):
         raise InvalidInput(
             "the request parameter binary_data_output must be true or false, got "
@@ -315,7 +315,7 @@ def _decode_input(
             f"input '{name}': shape {list(shape)} holds {count} elements, over the limit of {max_elements}; "
             "split the request into smaller batches"
         )
-    parameters = _object(item.get("parameters"), f"input '{name}': parameters")
+    parameters = as_object(item.get("parameters"), f"input '{name}': parameters")
     size = parameters.pop("binary_data_size", None)
     reference = _shared_memory_ref(f"input '{name}'", parameters, shared_memory)
     data = item.get("data")
@@ -393,8 +393,18 @@ def _shape(name: str, raw: Any) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _object(raw: Any, what: str) -> dict[str, Any]:
-    """Copy, so that lifting transport parameters out never touches the parsed JSON."""
+def parse_object(raw: bytes | str, what: str) -> dict[str, Any]:
+    """`raw` as the JSON object `what` must be (a request body, a parameter); every failure is a 400 naming it."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "it nests arrays or objects too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidInput(f"{what} is not valid JSON: {reason}") from None
+    return as_object(value, what)
+
+
+def as_object(raw: Any, what: str) -> dict[str, Any]:
+    """A JSON object field (absent is empty); a copy, so that lifting parameters out never touches the parsed JSON."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -424,7 +434,7 @@ def _decode_output(index: int, item: Any, shared_memory: SharedMemory | None) ->
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"outputs[{index}].name must be a non-empty string, got {_describe(name)}")
-    parameters = _object(item.get("parameters"), f"output '{name}': parameters")
+    parameters = as_object(item.get("parameters"), f"output '{name}': parameters")
     binary_data = parameters.pop("binary_data", None)
     if binary_data is not None and not isinstance(binary_data, bool):
         raise InvalidInput(

@@ -16,7 +16,7 @@ import numpy as np
 from inferd import __version__
 from inferd.errors import InvalidInput
 from inferd.serve.repository import ModelEntry, ModelRepository
-from inferd.serve.v2.codec import datatype_of
+from inferd.serve.v2.codec import as_object, datatype_of, parse_object
 from inferd.types import ImageType
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics", "logging"]
@@ -131,14 +131,14 @@ def serving_overrides(model: str, parameters: Mapping[str, Any]) -> dict[str, An
         overrides["max_batch_size"] = 1 if size == 0 else size  # Triton's 0: requests are not batched
     batching = config.get("dynamic_batching")
     if batching is not None:
-        batching = _object(batching, "dynamic_batching")
+        batching = as_object(batching, "dynamic_batching")
         _only(batching, _BATCHING, "dynamic_batching", ", ".join(sorted(_BATCHING)))
         if "max_queue_delay_microseconds" in batching:
             overrides["max_queue_delay_ms"] = _number(batching["max_queue_delay_microseconds"],
                                                       "max_queue_delay_microseconds") / 1000
         if "preferred_batch_size" in batching:
             overrides["preferred_batch_sizes"] = batching["preferred_batch_size"]
-        policy = _object(batching.get("default_queue_policy", {}), "default_queue_policy")
+        policy = as_object(batching.get("default_queue_policy"), "default_queue_policy")
         _only(policy, _QUEUE_POLICY, "default_queue_policy", ", ".join(sorted(_QUEUE_POLICY)))
         if "max_queue_size" in policy:
             overrides["max_queue_size"] = policy["max_queue_size"]
@@ -163,17 +163,7 @@ def check_unload_parameters(parameters: Mapping[str, Any]) -> None:
 def _json_object(text: Any, what: str) -> dict[str, Any]:
     if not isinstance(text, str):
         raise InvalidInput(f"{what} must be a string holding a JSON object (a Triton model config)")
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
-    return _object(value, what)
-
-
-def _object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{what} must be a JSON object, not {type(value).__name__}")
-    return value
+    return parse_object(text, what)
 
 
 def _only(fields: Mapping[str, Any], known: frozenset[str], what: str, read: str) -> None:

@@ -18,7 +18,14 @@ from inferd.errors import InvalidInput, NotReady, dotted, validation_summary
 from inferd.serve.disconnect import when_client_gone
 from inferd.serve.log_settings import LogSettings
 from inferd.serve.repository import ModelRepository
-from inferd.serve.v2.codec import INFERENCE_HEADER, binary_outputs_for, decode_request, encode_response
+from inferd.serve.v2.codec import (
+    INFERENCE_HEADER,
+    as_object,
+    binary_outputs_for,
+    decode_request,
+    encode_response,
+    parse_object,
+)
 from inferd.serve.v2.inference import run_inference
 from inferd.serve.v2.metadata import check_unload_parameters, serving_overrides, statistics, triton_config
 from inferd.serve.v2.metadata import model_metadata as describe_model
@@ -125,23 +132,14 @@ async def unload_model(request: Request, model: str) -> dict[str, str]:
 
 
 async def _json_body(request: Request, action: str) -> dict[str, Any]:
-    """A repository request's JSON object body, which may also be empty."""
+    """A control request's JSON object body, which may also be empty."""
     body = await request.body()
-    try:
-        given = json.loads(body) if body.strip() else {}
-    except ValueError as exc:
-        raise InvalidInput(f"the {action} request body is not JSON: {exc}") from None
-    if not isinstance(given, dict):
-        raise InvalidInput(f"the {action} request body must be a JSON object, not {type(given).__name__}")
-    return given
+    return parse_object(body, f"the {action} request body") if body.strip() else {}
 
 
 async def _repository_parameters(request: Request, action: str) -> dict[str, Any]:
     """The `parameters` of a load or unload body."""
-    parameters = (await _json_body(request, action)).get("parameters", {})
-    if not isinstance(parameters, dict):
-        raise InvalidInput(f'the {action} parameters must be a JSON object such as {{"config": "..."}}')
-    return parameters
+    return as_object((await _json_body(request, action)).get("parameters"), f"the {action} parameters")
 
 
 # -- system shared memory (on with --allow-shared-memory) ----------------------------------------
