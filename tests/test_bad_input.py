@@ -137,6 +137,7 @@ def _cases() -> dict[str, dict[str, Any]]:
         "load body not json": {"path": "/v2/repository/models/efficientnet-lite0/load", "body": b"{nope", "status": 400},
         "load unknown parameter": {"path": "/v2/repository/models/efficientnet-lite0/load",
                                    "body": b'{"parameters": {"colour": "red"}}', "status": 400},
+        "log settings nested too deep": {"path": "/v2/logging", "body": b"[" * 100_000 + b"]" * 100_000, "status": 400},
         "index ready not boolean": {"path": "/v2/repository/index", "body": b'{"ready": "yes"}', "status": 400},
         "unload unknown parameter": {"path": "/v2/repository/models/efficientnet-lite0/unload",
                                      "body": b'{"parameters": {"force": true}}', "status": 400},
