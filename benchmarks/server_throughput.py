@@ -10,15 +10,18 @@ p50 between runs of one day. Phases measured one after the other would credit or
       files, the work the server does for a JPEG (`inferd.io.preprocess_image`, then `predict`): batch 1,
       8 decoded then run as one batch, and two threads each decoding and running batches of 4 on the
       2-stream model. The fastest tensor mode and the fastest JPEG mode are what the server is held to.
-  (b) throughput, server with --max-batch-size 8 --max-queue-delay-ms 2, concurrency 8: binary V2 FP32
-      tensors against the fastest tensor mode, JPEG files as V2 BYTES (decoded by the server) against the
-      fastest JPEG mode, interleaved; then concurrency 8 binary with aiohttp, for reference; then tensors
-      in Triton system shared memory (the client copies each tensor into its region and the logits out),
-      then tensors over gRPC (tritonclient.grpc.aio, raw contents).
+  (b) throughput, concurrency 8, on the throughput layout (--instances 2 --max-batch-size 2
+      --max-queue-delay-ms 0: one single-threaded instance per core, as the engine's fastest mode): binary
+      V2 FP32 tensors against the fastest tensor mode, JPEG files as V2 BYTES (decoded by the server)
+      against the fastest JPEG mode, interleaved; then concurrency 8 binary with aiohttp, for reference;
+      then tensors in Triton system shared memory (the client copies each tensor into its region and the
+      logits out), then tensors over gRPC (tritonclient.grpc.aio, raw contents). Then binary and JPEG
+      again on the default layout (one two-threaded instance, --max-batch-size 8 --max-queue-delay-ms 2).
   (c) added latency, server with --max-queue-delay-ms 0, concurrency 1: server median minus engine median at
       batch 1 for the same input, binary against tensors and JPEG against JPEG, interleaved; then shared
       memory and gRPC against tensors.
-  (d) batching gain: concurrency 16 with --max-batch-size 1 (no batching), 8 (the server of (b)) and 16.
+  (d) batching gain on the default layout: concurrency 16 with --max-batch-size 1 (no batching), 8 (the
+      default) and 16.
 
     .venv/bin/python benchmarks/server_throughput.py            # about 5 minutes
     .venv/bin/python benchmarks/server_throughput.py --scale 0.2 --out /tmp/smoke.json
@@ -220,15 +223,19 @@ def main() -> None:
 
         servers: dict[str, Any] = {}
         print(f"(b) concurrency 8 against {best_tensor} and {best_jpeg}, interleaved ...", flush=True)
-        with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=2, allow_shared_memory=True,
-                      grpc_port=L.free_port()) as server:
-            servers["batch8_delay2"] = server.describe()
+        with L.Server(repository, work, instances=2, max_batch_size=2, max_queue_delay_ms=0,
+                      allow_shared_memory=True, grpc_port=L.free_port()) as server:
+            servers["instances2_batch2_delay0"] = server.describe()
             result["c8_binary"] = rounds(best_tensor, server, binary, 8, THROUGHPUT_BLOCK_S)
             result["c8_jpeg"] = rounds(best_jpeg, server, jpeg, 8, THROUGHPUT_BLOCK_S)
             if args.client != "aiohttp":
                 result["c8_binary_aiohttp"] = load(server, binary, 8, REFERENCE_S, client="aiohttp")
             result["c8_shared_memory"] = rounds(best_tensor, server, tensors, 8, THROUGHPUT_BLOCK_S, "shared_memory")
             result["c8_grpc"] = rounds(best_tensor, server, tensors, 8, THROUGHPUT_BLOCK_S, "grpc")
+        with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=2) as server:
+            servers["batch8_delay2"] = server.describe()
+            result["c8_binary_default_layout"] = rounds(best_tensor, server, binary, 8, THROUGHPUT_BLOCK_S)
+            result["c8_jpeg_default_layout"] = rounds(best_jpeg, server, jpeg, 8, THROUGHPUT_BLOCK_S)
             c16_batch8 = load(server, binary, 16, BATCHING_C16_S)
         print("(c) concurrency 1 against batch 1, interleaved ...", flush=True)
         with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=0, allow_shared_memory=True,
@@ -270,6 +277,8 @@ def main() -> None:
         "c8_jpeg": throughput(result["c8_jpeg"]),
         "c8_shared_memory": throughput(result["c8_shared_memory"]),
         "c8_grpc": throughput(result["c8_grpc"]),
+        "c8_binary_default_layout": throughput(result["c8_binary_default_layout"]),
+        "c8_jpeg_default_layout": throughput(result["c8_jpeg_default_layout"]),
         "c8_binary_aiohttp_rps": reference["throughput_rps"] if reference else None,
         "c1_binary": latency(result["c1_binary"]),
         "c1_jpeg": latency(result["c1_jpeg"]),
@@ -279,6 +288,7 @@ def main() -> None:
         "engine_survey_images_per_s": {mode: run["images_per_s"] for mode, run in survey.items()},
         "failed_requests": sum(failures(run) for run in (
             result["c8_binary"], result["c8_jpeg"], result["c8_shared_memory"], result["c8_grpc"],
+            result["c8_binary_default_layout"], result["c8_jpeg_default_layout"],
             result["c1_binary"], result["c1_jpeg"], result["c1_shared_memory"], result["c1_grpc"],
             *([reference] if reference else []), c16_batch1, c16_batch8, c16_batch16)),
     }
@@ -289,9 +299,10 @@ def main() -> None:
     s = result["summary"]
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores; client {args.client}")
     print("engine survey (img/s): " + ", ".join(f"{m} {r}" for m, r in s["engine_survey_images_per_s"].items()))
-    for key in ("c8_binary", "c8_jpeg", "c8_shared_memory", "c8_grpc"):
+    for key in ("c8_binary", "c8_jpeg", "c8_shared_memory", "c8_grpc", "c8_binary_default_layout",
+                "c8_jpeg_default_layout"):
         row = s[key]
-        print(f"{key:16s}: server {row['server_rps']:.1f} req/s vs {row['engine_mode']} "
+        print(f"{key:24s}: server {row['server_rps']:.1f} req/s vs {row['engine_mode']} "
               f"{row['engine_images_per_s']:.1f} img/s = {row['server_over_engine']:.3f}x (interleaved)")
     if reference:
         print(f"c8 binary with aiohttp: {reference['throughput_rps']:.1f} req/s")

@@ -187,6 +187,22 @@ async def test_requests_arriving_while_the_engine_is_busy_join_the_next_batch(sl
     assert [float(r["y"][0, 0]) for r in results] == [-1.0, 0.0, -1.0, -2.0]
 
 
+async def test_a_full_batch_waits_at_the_busy_engine_not_in_the_queue(slow_model: CompiledModel, make: Make) -> None:
+    batcher, seen = make(slow_model, max_batch_size=2, max_queue_delay_ms=0, executions=1)
+    first = asyncio.create_task(batcher.submit({"x": np.ones((1, 3), np.float32)}))
+    await until(lambda: batcher.rows_in_flight == 1)
+    full = [asyncio.create_task(batcher.submit({"x": np.full((1, 3), i, np.float32)})) for i in (2, 3)]
+    await until(lambda: batcher.rows_in_flight == 3)
+    partial = asyncio.create_task(batcher.submit({"x": np.full((1, 3), 4, np.float32)}))
+    await until(lambda: batcher.queue_depth == 3)
+    assert batcher.rows_in_flight == 3  # a batch that could still grow stays in the queue
+    time.sleep(0.25)  # the event loop is busy elsewhere: the worker goes on to the full batch by itself
+    results = await asyncio.gather(first, *full, partial)
+    assert [float(r["y"][0, 0]) for r in results] == [-1.0, -2.0, -3.0, -4.0]
+    assert seen.batches == [(1, 1), (2, 2), (1, 1)]
+    assert seen.queue_s[1] < 0.2 and seen.queue_s[3] >= 0.25  # the full batch started when the engine was free
+
+
 async def test_only_requests_with_the_same_item_shapes_merge(any_width_model: CompiledModel, make: Make) -> None:
     batcher, seen = make(any_width_model, max_queue_delay_ms=50)
     requests = [np.full((1, 3), 1, np.float32), np.full((1, 5), 2, np.float32), np.full((2, 3), 3, np.float32)]
@@ -239,6 +255,19 @@ async def test_request_expiring_behind_a_busy_engine_never_runs(slow_model: Comp
     await until(lambda: batcher.rows_in_flight == 1)
     with pytest.raises(DeadlineExceeded):
         await batcher.submit({"x": np.ones((1, 3), np.float32)}, deadline=time.monotonic() + 0.03)
+    await running
+    await batcher.close(drain=True)
+    assert seen.batches == [(1, 1)]
+
+
+async def test_request_handed_to_a_busy_engine_keeps_its_deadline(slow_model: CompiledModel, make: Make) -> None:
+    batcher, seen = make(slow_model, max_batch_size=1, executions=1)
+    running = asyncio.create_task(batcher.submit({"x": np.ones((1, 3), np.float32)}))
+    await until(lambda: batcher.rows_in_flight == 1)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match=r"waited \d+\.\d ms in the queue"):
+        await batcher.submit({"x": np.ones((1, 3), np.float32)}, deadline=time.monotonic() + 0.03)
+    assert time.monotonic() - started < 0.09  # answered at its deadline, not when the engine came free
     await running
     await batcher.close(drain=True)
     assert seen.batches == [(1, 1)]
