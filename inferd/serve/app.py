@@ -24,6 +24,7 @@ from inferd.serve import middleware, rest
 from inferd.serve.log_settings import LogSettings
 from inferd.serve.metrics import ServerMetrics
 from inferd.serve.repository import ModelRepository
+from inferd.serve.responses import json_error
 from inferd.serve.settings import ServerSettings
 from inferd.serve.v2 import routes as v2
 from inferd.serve.v2.shared_memory import SystemSharedMemory
@@ -120,11 +121,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         headers = {}
         if isinstance(exc, Overloaded | NotReady):
             headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-        return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
+        return json_error(exc.status_code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": describe_validation_errors(exc)}, status_code=400)
+        return json_error(400, describe_validation_errors(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -133,12 +134,12 @@ def _install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}; the API is listed at /docs"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}; the API is listed at /docs"
-        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+        return json_error(exc.status_code, message, exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "internal error; the server logged the details"}, status_code=500)
+        return json_error(500, "internal error; the server logged the details")
 
 
 def describe_validation_errors(exc: RequestValidationError) -> str:

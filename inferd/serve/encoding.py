@@ -18,8 +18,9 @@ from __future__ import annotations
 import zlib
 
 from starlette.datastructures import MutableHeaders
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inferd.serve.responses import json_error
 
 # Content-Encoding token -> zlib's wbits for that container (RFC 9110: deflate is the zlib format).
 _WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
@@ -53,7 +54,7 @@ class ContentEncodingMiddleware:
             await self.app(scope, receive, send)
         elif encoding not in _WBITS:
             message = f"Content-Encoding {encoding!r} is not supported; send the body as gzip, deflate or identity"
-            await JSONResponse({"error": message}, status_code=415)(scope, receive, send)
+            await json_error(415, message)(scope, receive, send)
         else:
             await self._inflated(scope, receive, send, encoding)
 
@@ -73,14 +74,13 @@ class ContentEncodingMiddleware:
                 if size > self.max_body_bytes:
                     error = (f"the {encoding} request body inflates to more than {self.max_body_bytes} bytes, "
                              "the limit (--max-body-bytes)")
-                    await JSONResponse({"error": error}, status_code=413, headers={"Connection": "close"})(
-                        scope, receive, send)
+                    await json_error(413, error, {"Connection": "close"})(scope, receive, send)
                     return
             if not inflater.eof:
                 raise zlib.error("the compressed stream ends early")
         except zlib.error as exc:
             error = f"the request body is not valid {encoding} data ({exc}); compress the whole body once"
-            await JSONResponse({"error": error}, status_code=400)(scope, receive, send)
+            await json_error(400, error)(scope, receive, send)
             return
         body = b"".join(parts)
         headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]

@@ -22,12 +22,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferd.serve.encoding import ContentEncodingMiddleware
 from inferd.serve.metrics import ServerMetrics, metrics_router
+from inferd.serve.responses import json_error
 
 access_log = logging.getLogger("inferd.access")
 
@@ -53,10 +53,6 @@ def _route_path(scope: Scope) -> str:
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     return path[len(root):] if root and path.startswith(root) else path
-
-
-def _json_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 @dataclass
@@ -190,7 +186,7 @@ class ApiKeyMiddleware:
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # policy violation; the server answers 403
         else:
-            await _json_error(401, UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            await json_error(401, UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
 
 
 
@@ -235,9 +231,9 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
         elif declared is not None and not declared.isdigit():
             message = f"Content-Length must be a non-negative integer, got {declared.decode('latin-1')!r}"
-            await _json_error(400, message)(scope, receive, send)
+            await json_error(400, message)(scope, receive, send)
         elif declared is not None and int(declared) > self.max_body_bytes:
-            await _json_error(413, self._too_large(f"{int(declared)} bytes"))(scope, receive, send)
+            await json_error(413, self._too_large(f"{int(declared)} bytes"))(scope, receive, send)
         else:
             await self._guarded(scope, receive, send)
 
@@ -295,7 +291,7 @@ class BodyLimitMiddleware:
                 watch.close()
         if refusal and not started:
             # The rest of the body may still come: close rather than read it as the next request.
-            await _json_error(*refusal, headers={"Connection": "close"})(scope, receive, send)
+            await json_error(*refusal, headers={"Connection": "close"})(scope, receive, send)
 
 
 class _StallWatch:
