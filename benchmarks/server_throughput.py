@@ -23,7 +23,7 @@ p50 between runs of one day. Phases measured one after the other would credit or
   (d) batching gain on the default layout: concurrency 16 with --max-batch-size 1 (no batching), 8 (the
       default) and 16.
 
-    .venv/bin/python benchmarks/server_throughput.py            # about 5 minutes
+    .venv/bin/python benchmarks/server_throughput.py            # about 7 minutes
     .venv/bin/python benchmarks/server_throughput.py --scale 0.2 --out /tmp/smoke.json
 
 Writes benchmarks/results/server_throughput.json and prints a summary.

@@ -439,17 +439,17 @@ class DynamicBatcher:
             self._dispatch()
 
     def _answer(self, batch: list[_Request], running: concurrent.futures.Future[_Run]) -> None:
+        for request in batch:
+            if not request.started and not request.future.done():  # its deadline passed while it was handed over
+                request.future.set_exception(self._deadline_error(request, time.monotonic()))
         error = running.exception()
         if error is not None:
-            # An engine failure is a server fault shared by the whole batch; every request sees it as raised.
+            # An engine failure is a server fault shared by the batch; every request that ran sees it as raised.
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(error)
             return
         run = running.result()
-        for request in batch:
-            if not request.started and not request.future.done():  # expired while handed over
-                request.future.set_exception(self._deadline_error(request, run.started_at))
         if not run.ran:
             return
         self._compute_s = run.compute_s if self._compute_s is None else (
