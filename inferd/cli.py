@@ -413,7 +413,9 @@ def serve(
     max_batch_size: Annotated[int, typer.Option(help="rows per dynamic batch; 1 disables batching")] = 8,
     max_queue_delay_ms: Annotated[float, typer.Option(help="how long a request waits for batch company")] = 2.0,
     max_queue_size: Annotated[int, typer.Option(help="queued requests per model before 429")] = 64,
-    instances: Annotated[int, typer.Option(help="concurrent executions per model")] = 1,
+    instances: Annotated[int, typer.Option(
+        help="concurrent executions per model, each on its share of the cores: 1 answers one request fastest, "
+             "one per core serves the most requests")] = 1,
     timeout: Annotated[float, typer.Option(help="default request deadline in seconds")] = 30.0,
     max_memory: Annotated[str | None, typer.Option(help="memory budget for loaded models, e.g. 4G")] = None,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted")] = 64 * 1024 * 1024,
