@@ -37,10 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _load as L
 import server_throughput as T
 
-ROUNDS = 4
-THROUGHPUT_BLOCK_S = 4.0
-LATENCY_BLOCK_S = 2.5
-ECHO_S = 6.0
+ECHO_S = 6.0  # the blocks and rounds of the interleaved comparisons are server_throughput.py's
 LAYOUTS = {"throughput": {"instances": 2, "max_batch_size": 2}, "latency": {"instances": 1, "max_batch_size": 8}}
 
 Scope = MutableMapping[str, Any]
@@ -192,11 +189,11 @@ def main() -> None:
         print("(b) minimal server, concurrency 8, throughput layout, interleaved ...", flush=True)
         with StandIn("minimal", repository, work, "throughput") as server:
             result["minimal_c8_binary"] = T.interleaved(engine, "predict_batch4_2streams", server, binary, 8,
-                                                        THROUGHPUT_BLOCK_S, ROUNDS, work, args.client)
+                                                        T.THROUGHPUT_BLOCK_S, T.ROUNDS, work, args.client)
         print("(c) minimal server, concurrency 1, latency layout, interleaved ...", flush=True)
         with StandIn("minimal", repository, work, "latency") as server:
             result["minimal_c1_binary"] = T.interleaved(engine, "predict_batch1", server, binary, 1,
-                                                        LATENCY_BLOCK_S, ROUNDS, work, args.client)
+                                                        T.LATENCY_BLOCK_S, T.ROUNDS, work, args.client)
         engine.close()
 
     c8, c1 = result["minimal_c8_binary"], result["minimal_c1_binary"]
