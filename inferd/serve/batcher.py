@@ -351,10 +351,12 @@ class DynamicBatcher:
         now = time.monotonic()
         self._expire_queued(now)
         slots = self.config.executions
-        while len(self._in_engine) < 2 * slots and self._queue:
+        handed_over_limit = 2 * slots  # a running batch per slot, and one settled batch waiting for each
+        while len(self._in_engine) < handed_over_limit and self._queue:
             first = next(iter(self._queue))
             batch, ready = self._select(first)
-            if len(self._in_engine) >= slots and not self._settled(batch):
+            every_slot_busy = len(self._in_engine) >= slots
+            if every_slot_busy and not self._settled(batch):
                 break
             # Nothing can join once closing, so waiting out the delay would only slow the drain.
             remaining = 0.0 if ready or self._closing else first.enqueued + self._delay_s - now
