@@ -49,7 +49,7 @@ from inferd.optimize.evalset import EvalSet
 from inferd.optimize.int8 import StaticQuantization, keep_float
 from inferd.package import ModelPackage
 from inferd.runtime.devices import cpu_features
-from inferd.zoo.efficientnet_lite0 import SAMPLE_PHOTOS
+from inferd.io.photos import SAMPLE_PHOTOS
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "models" / "efficientnet-lite0"

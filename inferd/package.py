@@ -1,7 +1,9 @@
 """The ModelPackage: a directory with `model.onnx` (plus external-data files) and `manifest.json`.
 
 ONNX is the interchange format every backend here reads; the manifest carries
-what ONNX does not (preprocessing, labels, provenance, fidelity). Files the
+what ONNX does not (preprocessing, labels, provenance, fidelity). `samples.npz`
+holds a few typical inputs, written at conversion, so a later compile can check a
+reduced precision on real inputs of this model rather than on noise. Files the
 preprocessing needs besides the graph (a text model's tokenizer) are the
 package's *assets* and travel with it. The sha256 of every file is recorded so a
 truncated copy or a tampered weight file is caught at load time, naming the
@@ -18,6 +20,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import onnx
 from pydantic import ValidationError
 
@@ -28,6 +31,7 @@ from inferd.types import TextType
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+SAMPLES_FILE = "samples.npz"
 _EXTERNAL_DATA_THRESHOLD = 1 << 30  # protobuf cannot hold more than 2 GiB
 
 
@@ -44,6 +48,8 @@ class ModelPackage:
 
     `assets` maps package-relative names to files to copy in on `save` (a text
     model's tokenizer); a package on disk carries its own along when saved elsewhere.
+    `samples` are typical inputs by graph input name, batch first, written to
+    `samples.npz` on `save` (a package on disk carries its file along instead).
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class ModelPackage:
         model: onnx.ModelProto | None = None,
         path: Path | None = None,
         assets: Mapping[str, str | os.PathLike[str]] | None = None,
+        samples: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if model is None and path is None:
             raise ValueError("a ModelPackage needs an ONNX model or a directory")
@@ -59,6 +66,7 @@ class ModelPackage:
         self._model = model
         self.path = path
         self.assets = {_relative(name): Path(source) for name, source in (assets or {}).items()}
+        self._samples = dict(samples) if samples else None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -113,6 +121,13 @@ class ModelPackage:
         """A digest of every file's digest: the identity of the package's bytes, for cache keys."""
         listing = json.dumps(sorted(self.manifest.files.items())).encode()
         return hashlib.sha256(listing).hexdigest()
+
+    def samples(self) -> dict[str, np.ndarray] | None:
+        """The typical inputs kept with the package, or None for a package written without them."""
+        if self._samples is None and self.path is not None and SAMPLES_FILE in self.manifest.files:
+            with np.load(self.path / SAMPLES_FILE, allow_pickle=False) as data:
+                self._samples = {name: data[name] for name in data.files}
+        return self._samples
 
     def size_bytes(self) -> int:
         if self.path is None:
@@ -176,6 +191,9 @@ class ModelPackage:
                 destination = staging / name
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, destination)
+            samples = self.samples()
+            if samples is not None:
+                np.savez(staging / SAMPLES_FILE, **samples)
             files = {
                 file.relative_to(staging).as_posix(): sha256_file(file)
                 for file in sorted(staging.rglob("*"))
@@ -189,13 +207,14 @@ class ModelPackage:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return ModelPackage(manifest, model=self._model, path=target)
+        return ModelPackage(manifest, model=self._model, path=target, samples=samples)
 
     def asset_files(self) -> dict[str, Path]:
-        """Every file to copy besides the graph: the package's own (when on disk), then the given assets."""
+        """Every file to copy besides the graph and the samples: the package's own (when on disk), then the given
+        assets."""
         sources: dict[str, Path] = {}
         if self.path is not None:
-            model_files = {MODEL_FILE, f"{MODEL_FILE}.data"}
+            model_files = {MODEL_FILE, f"{MODEL_FILE}.data", SAMPLES_FILE}
             sources = {name: self.path / name for name in self.manifest.files if name not in model_files}
         sources.update(self.assets)
         for name in self.required_assets():
@@ -213,7 +232,8 @@ class ModelPackage:
 def _relative(name: str) -> str:
     """An asset name is a path inside the package: it may not climb out of it or clash with the graph."""
     path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or not path.parts or path.name in (MODEL_FILE, MANIFEST_FILE):
-        raise PackageError(f"asset name {name!r} must be a relative path inside the package, not {MODEL_FILE} or "
-                           f"{MANIFEST_FILE}")
+    if path.is_absolute() or ".." in path.parts or not path.parts or path.name in (MODEL_FILE, MANIFEST_FILE,
+                                                                                    SAMPLES_FILE):
+        raise PackageError(f"asset name {name!r} must be a relative path inside the package, not {MODEL_FILE}, "
+                           f"{MANIFEST_FILE} or {SAMPLES_FILE}")
     return path.as_posix()

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from inferd.io import preprocess_image, to_tensor, top_k
+from inferd.io.photos import sample_photos
 from inferd.package import ModelPackage
 from inferd.runtime import load
 from tests.conftest import CAT_LABELS
@@ -28,7 +29,7 @@ def test_converted_matches_pytorch_on_photos(default_package: Path) -> None:
 
     from inferd.zoo import efficientnet_lite0 as zoo
 
-    batch = np.stack([to_tensor(Image.fromarray(photo), zoo.IMAGE) for photo in zoo.sample_photos()])
+    batch = np.stack([to_tensor(Image.fromarray(photo), zoo.IMAGE) for photo in sample_photos()])
     with torch.inference_mode():
         reference = zoo.torch_model()(torch.from_numpy(batch)).numpy()
     for backend in ("onnxruntime", "openvino"):

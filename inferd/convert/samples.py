@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
 from inferd.convert.inputs import Spec
 from inferd.errors import ConversionError
+from inferd.io.images import to_tensor
+from inferd.io.photos import photos_available, sample_photos
 from inferd.types import ImageType
 
 SYNTHETIC_BATCH = 4
@@ -69,3 +72,30 @@ def _numpy_dtype(spec: Spec) -> np.dtype:
     if spec.dtype == "string":
         return np.dtype(object)
     return np.dtype(spec.dtype)
+
+
+STORED_SAMPLES = 4
+STORED_BYTES = 8 << 20  # what one input's stored samples may take in a package; a 736x736 image holds one
+
+
+def representative_samples(
+    inputs: Sequence[Spec], sample_inputs: Sequence[Mapping[str, np.ndarray]] | None = None
+) -> dict[str, np.ndarray]:
+    """What a package keeps as its own typical inputs (`samples.npz`), to measure reduced precisions on later.
+
+    The user's samples when given; image inputs get real photographs preprocessed
+    as the input says (synthetic pixels where scikit-image is missing); other
+    inputs the reproducible synthetic batch. Large inputs keep fewer rows so the
+    samples stay a small part of the package.
+    """
+    if sample_inputs:
+        feeds = sample_feeds(inputs, sample_inputs)
+    else:
+        feeds = sample_feeds(inputs)
+        for spec in inputs:
+            if isinstance(spec, ImageType) and photos_available():
+                feeds[spec.name] = np.stack([to_tensor(Image.fromarray(photo), spec) for photo in sample_photos()])
+    rows = min(len(value) for value in feeds.values())
+    largest_row = max(value[:1].nbytes for value in feeds.values())
+    keep = max(1, min(rows, STORED_SAMPLES, STORED_BYTES // max(largest_row, 1)))
+    return {name: np.ascontiguousarray(value[:keep]) for name, value in feeds.items()}

@@ -69,7 +69,8 @@ def derive(
     update: dict[str, Any] = {"compression": steps, "files": {}, "fidelity": None}
     if precision is not None:
         update["precision"] = precision
-    return ModelPackage(package.manifest.model_copy(update=update), model=model, assets=package.asset_files())
+    return ModelPackage(package.manifest.model_copy(update=update), model=model, assets=package.asset_files(),
+                        samples=package.samples())
 
 
 def layer_names(model: onnx.ModelProto) -> list[str]:

@@ -11,6 +11,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from inferd.convert import ConvertOptions
 from inferd.errors import BackendUnavailable
 from inferd.package import ModelPackage
@@ -18,6 +20,7 @@ from inferd.runtime import cache
 from inferd.runtime.backends import Engine, EngineOptions, available_backends, backend_named
 from inferd.runtime.compiled import CompiledModel, LoadInfo, OverflowPolicy
 from inferd.runtime.devices import Device, cpu_count, devices
+from inferd.runtime.precision import PrecisionChoice, measure, package_samples, plan, reference_outputs, verdict
 from inferd.runtime.selection import Candidate, eligible, example_feeds, fastest
 from inferd.runtime.sources import resolve_source
 from inferd.types import ComputeUnit, Precision
@@ -63,36 +66,40 @@ def load(
     root = cache.cache_root(cache_dir)
 
     backends = available_backends() if backend == "auto" else (backend_named(backend),)
-    candidates = eligible(backends, compute_units, precision)
+    candidates = eligible(backends, compute_units, precision, package.manifest.precision)
     if not candidates:
         raise BackendUnavailable(
             f"no backend here runs {compute_units.value} at precision {precision.value}; "
             f"devices: {[d.label for d in devices()]}"
         )
-    feeds = example_feeds({spec.name: (spec.shape, spec.dtype) for spec in package.manifest.graph_inputs})
     request = {"compute_units": compute_units.value, "precision": precision.value, "backend": backend,
                "threads": options.threads, "streams": streams, "spin": options.spin}
     choice_file = cache.choice_path(root, package.content_hash, request)
     remembered = cache.read_json(choice_file) or {}
     winner = next((c for c in candidates if c.label == remembered.get("device")), None)
+    choices = {label: PrecisionChoice.from_dict(data) for label, data in remembered.get("precision", {}).items()}
 
     compile_started = time.perf_counter()
     selection_ms: dict[str, float] = remembered.get("selection_ms", {})
-    if winner is not None or len(candidates) == 1:
-        winner = winner or candidates[0]
-        engine, cached = _compile(package, winner, precision, root, options)
+    if winner is not None and winner.label in choices:
+        engine, cached = _compile(package, winner, Precision(choices[winner.label].chosen), root, options)
     else:
-        compiled = _compile_each(package, candidates, precision, root, options)
-        label, selection_ms = fastest({k: engine for k, (engine, _) in compiled.items()}, feeds)
+        compiled, choices = _compile_each(package, candidates, precision, root, options)
+        if len(compiled) > 1:
+            feeds = example_feeds({spec.name: (spec.shape, spec.dtype) for spec in package.manifest.graph_inputs})
+            label, selection_ms = fastest({k: engine for k, (engine, _) in compiled.items()}, feeds)
+        else:
+            label, selection_ms = next(iter(compiled)), {}
         winner = next(c for c in candidates if c.label == label)
         engine, cached = compiled[label]
-        cache.write_json(choice_file, {"device": label, "selection_ms": selection_ms})
+        cache.write_json(choice_file, {"device": label, "selection_ms": selection_ms,
+                                       "precision": {k: v.as_dict() for k, v in choices.items()}})
     compile_seconds = time.perf_counter() - compile_started
     _warm_up(engine, package, warmup_rows, streams)
     info = LoadInfo(
         backend=winner.backend.name, device=winner.device.id, precision=engine.precision, cached=cached,
         seconds=time.perf_counter() - started, compile_seconds=compile_seconds, selection_ms=selection_ms,
-        conversion_cached=conversion_cached,
+        conversion_cached=conversion_cached, precision_choice=choices[winner.label].as_dict(),
     )
     return CompiledModel(package, engine, info, max_in_flight=max_in_flight, overflow=overflow)
 
@@ -112,19 +119,38 @@ def _warm_up(engine: Engine, package: ModelPackage, rows: int, streams: int) -> 
 
 def _compile_each(
     package: ModelPackage, candidates: list[Candidate], precision: Precision, root: Path, options: EngineOptions
-) -> dict[str, tuple[Engine, bool]]:
-    """Compile every candidate; one whose backend cannot take the model (OpenVINO has no scikit-learn operators,
-    say) drops out of the contest instead of failing the load, as long as another one compiles."""
+) -> tuple[dict[str, tuple[Engine, bool]], dict[str, PrecisionChoice]]:
+    """Compile every candidate at the precision its plan allows, measured where AUTO considers a reduced one.
+
+    A candidate whose backend cannot take the model (OpenVINO has no scikit-learn
+    operators, say) drops out of the contest instead of failing the load, as long
+    as another one compiles.
+    """
     compiled: dict[str, tuple[Engine, bool]] = {}
+    choices: dict[str, PrecisionChoice] = {}
     failures: list[BackendUnavailable] = []
+    reference: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
     for candidate in candidates:
+        planned = plan(candidate.backend, candidate.device, precision, package.manifest.precision)
+        assert planned is not None  # eligible() keeps only devices with a plan
         try:
-            compiled[candidate.label] = _compile(package, candidate, precision, root, options)
+            engine, cached = _compile(package, candidate, planned.precision, root, options)
+            if planned.fallback is None:
+                choices[candidate.label] = PrecisionChoice(precision.value, engine.precision, planned.rule)
+            else:
+                if reference is None:
+                    samples = package_samples(package)
+                    reference = samples, reference_outputs(package, samples)
+                choice = verdict(precision, engine.precision, measure(engine, package, *reference))
+                if choice.chosen != engine.precision:
+                    engine, cached = _compile(package, candidate, planned.fallback, root, options)
+                choices[candidate.label] = choice
+            compiled[candidate.label] = engine, cached
         except BackendUnavailable as exc:
             failures.append(exc)
     if not compiled:
         raise failures[0]
-    return compiled
+    return compiled, choices
 
 
 def _compile(
@@ -136,4 +162,5 @@ def _compile(
         root, package.content_hash, backend.name, backend.version(), candidate.device.id, effective,
         options.streams, options.threads,
     )
-    return backend.compile(package.model_path, candidate.device, precision, directory, options)
+    return backend.compile(package.model_path, candidate.device, precision, directory, options,
+                           outputs=[spec.name for spec in package.manifest.outputs])

@@ -38,13 +38,15 @@ class LoadInfo:
     selection_ms: dict[str, float] = field(default_factory=dict)
     conversion_cached: bool | None = None
     """For a model file converted on the fly: True when its package came from the conversion cache."""
+    precision_choice: dict[str, Any] = field(default_factory=dict)
+    """Why the model computes in `precision` (see inferd.runtime.precision.PrecisionChoice)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "backend": self.backend, "device": self.device, "precision": self.precision, "cached": self.cached,
             "seconds": round(self.seconds, 4), "compile_seconds": round(self.compile_seconds, 4),
             "selection_ms": {k: round(v, 3) for k, v in self.selection_ms.items()},
-            "conversion_cached": self.conversion_cached,
+            "conversion_cached": self.conversion_cached, "precision_choice": self.precision_choice,
         }
 
 

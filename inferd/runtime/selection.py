@@ -16,6 +16,7 @@ import numpy as np
 
 from inferd.runtime.backends import Backend, Engine
 from inferd.runtime.devices import Device
+from inferd.runtime.precision import plan
 from inferd.types import ComputeUnit, Precision
 
 DYNAMIC_EXTENT = 16
@@ -40,14 +41,15 @@ class Candidate:
 
 
 def eligible(
-    backends: tuple[Backend, ...], compute_units: ComputeUnit, precision: Precision
+    backends: tuple[Backend, ...], compute_units: ComputeUnit, precision: Precision, package_precision: str = "fp32"
 ) -> list[Candidate]:
+    """Every (backend, device) of the allowed kinds that can compute the package at the requested precision."""
     kinds = _ALLOWED_KINDS[compute_units]
     return [
         Candidate(backend, device)
         for backend in backends
         for device in backend.devices()
-        if device.kind in kinds and backend.effective_precision(device, precision) is not None
+        if device.kind in kinds and plan(backend, device, precision, package_precision) is not None
     ]
 
 

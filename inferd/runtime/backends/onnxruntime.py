@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import queue
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,8 @@ class OnnxRuntimeBackend:
         return "fp32" if precision in (Precision.AUTO, Precision.FP32) else None
 
     def compile(
-        self, model_path: Path, device: Device, precision: Precision, cache_dir: Path, options: EngineOptions
+        self, model_path: Path, device: Device, precision: Precision, cache_dir: Path, options: EngineOptions,
+        *, outputs: Sequence[str] = (),
     ) -> tuple[OnnxRuntimeEngine, bool]:
         if self.effective_precision(device, precision) is None:
             raise BackendUnavailable(

@@ -9,7 +9,7 @@ re-entrant; a pool lets many threads infer at once, each on its own request.
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,11 @@ def _core() -> Any:
 
 
 class OpenVINOEngine:
-    def __init__(self, compiled: Any, device: Device, precision: str, pool_size: int) -> None:
+    def __init__(self, compiled: Any, device: Device, precision: str, pool_size: int, outputs: Sequence[str]) -> None:
         self.device = device
         self.precision = precision
         self._compiled = compiled
-        self._output_names = [port.get_any_name() for port in compiled.outputs]
+        self._output_names = [_graph_name(port, outputs) for port in compiled.outputs]
         self._requests: queue.LifoQueue[Any] = queue.LifoQueue()
         for _ in range(pool_size):
             self._requests.put(compiled.create_infer_request())
@@ -54,6 +54,14 @@ class OpenVINOEngine:
         request = self._compiled.create_infer_request()
         prepared = dict(feeds)
         return lambda: request.infer(prepared, share_inputs=True)
+
+
+def _graph_name(port: Any, outputs: Sequence[str]) -> str:
+    """The graph's name for an output port. A port has several names (an fp16 graph's output also carries its
+    cast's, `graph_output_cast_0`), and which one `get_any_name` picks differs between a fresh compile and one
+    imported from the cache."""
+    names = port.get_names()
+    return next((name for name in outputs if name in names), port.get_any_name())
 
 
 class OpenVINOBackend:
@@ -89,7 +97,8 @@ class OpenVINOBackend:
         return precision.value if precision.value in device.precisions else None
 
     def compile(
-        self, model_path: Path, device: Device, precision: Precision, cache_dir: Path, options: EngineOptions
+        self, model_path: Path, device: Device, precision: Precision, cache_dir: Path, options: EngineOptions,
+        *, outputs: Sequence[str] = (),
     ) -> tuple[OpenVINOEngine, bool]:
         effective = self.effective_precision(device, precision)
         if effective is None:
@@ -109,4 +118,4 @@ class OpenVINOBackend:
         except RuntimeError as exc:
             raise BackendUnavailable(f"OpenVINO could not compile the model for {device.id}: {exc}") from exc
         pool = max(options.streams, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        return OpenVINOEngine(compiled, device, effective, pool), cached
+        return OpenVINOEngine(compiled, device, effective, pool, outputs), cached
