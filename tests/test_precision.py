@@ -22,6 +22,7 @@ from inferd.runtime.backends.openvino import OpenVINOBackend
 from inferd.runtime.devices import Device
 from inferd.runtime.precision import plan, reference_outputs
 from inferd.types import Precision
+from tests.conftest import LiveServer
 from tests.zoo import zoo_file
 
 # PP-OCR's preprocessing: BGR, (pixel / 255 - mean) / std
@@ -147,3 +148,15 @@ def test_predict_cli_on_an_uncached_fp16_package(fp16_package: Path, tmp_path: P
     result = CliRunner().invoke(app, ["predict", str(fp16_package), str(photo), "--backend", "openvino"])
     assert result.exit_code == 0, result.output
     assert "cat" in result.output
+
+
+def test_server_reports_the_precision_choice(server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    config = client.get_model_config("efficientnet-lite0")
+    reason = config["parameters"]["precision_choice"]["string_value"]
+    assert config["parameters"]["precision"]["string_value"] in reason or "fp32" in reason
+    with caplog.at_level("INFO", logger="inferd"):
+        client.load_model("efficientnet-lite0")  # a reload logs its precision and why
+    assert any("precision:" in record.getMessage() for record in caplog.records)

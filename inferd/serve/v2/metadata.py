@@ -86,7 +86,8 @@ def triton_config(entry: ModelEntry) -> dict[str, Any]:
         "output": [tensor(s) for s in manifest.outputs],
         "instance_group": [{"name": entry.name, "kind": "KIND_CPU" if "CPU" in entry.model.load_info.device.upper()
                             else "KIND_GPU", "count": entry.config.instances}],
-        "parameters": {"precision": {"string_value": entry.model.load_info.precision}},
+        "parameters": {"precision": {"string_value": entry.model.load_info.precision},
+                       "precision_choice": {"string_value": entry.model.load_info.precision_choice.get("reason", "")}},
     }
     if max_batch > 0:
         config["dynamic_batching"] = {
