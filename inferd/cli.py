@@ -97,7 +97,11 @@ def convert(
         help="input shape with batch, e.g. 1,3,224,224: required for TorchScript, fixes open sizes otherwise")] = None,
     labels: Annotated[Path | None, typer.Option(help="class names: one per line, or a JSON list",
                                                 exists=True, dir_okay=False)] = None,
-    name: Annotated[str | None, typer.Option(help="package name (default: the file's)")] = None,
+    activation: Annotated[str | None, typer.Option(
+        help="what turns the classifier's scores into probabilities: softmax, sigmoid, or none when the model "
+             "already outputs them (default: detected)")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="package name (default: OUTPUT's directory name, the name a server serves it under)")] = None,
     version: Annotated[str | None, typer.Option("--version", help="package version")] = None,
     author: Annotated[str | None, typer.Option()] = None,
     license_: Annotated[str | None, typer.Option("--license")] = None,
@@ -113,7 +117,7 @@ def convert(
     """Convert a model file into a package, checking its outputs against the source framework's."""
     from pydantic import ValidationError
 
-    from inferd.convert import ConvertOptions, ImagePreprocessing, convert_any
+    from inferd.convert import ConvertOptions, ImagePreprocessing, convert_any, served_name
 
     image_flags = {"--image-input": image_input, "--scale": scale, "--bias": bias,
                    "--channel-layout": channel_layout}
@@ -122,8 +126,9 @@ def convert(
         raise InferdError(f"{', '.join(given)} {'describe' if len(given) > 1 else 'describes'} an image input: add --image")
     if output.exists() and not force:
         raise InferdError(f"{output} already exists; pass --force to replace it")
-    metadata = {key: value for key, value in (("name", name), ("version", version), ("author", author),
-                                              ("license", license_), ("description", description)) if value}
+    metadata = {key: value for key, value in (("name", name or served_name(output)), ("version", version),
+                                              ("author", author), ("license", license_), ("description", description))
+                if value}
     try:
         options = ConvertOptions(
             image=ImagePreprocessing(
@@ -131,7 +136,7 @@ def convert(
                 bias=tuple(bias or (0.0,)), color_layout=color_layout, channel_layout=channel_layout, resize=resize,
             ) if image else None,
             input_shape=_parse_shape(input_shape) if input_shape else None,
-            labels=tuple(_read_labels(labels)) if labels else None,
+            labels=tuple(_read_labels(labels)) if labels else None, activation=activation,
             metadata=metadata, opset=opset, signature=signature, simplify=simplify, tolerance=tolerance,
             allow_fidelity_loss=allow_fidelity_loss, allow_pickle=allow_pickle,
         )

@@ -4,6 +4,7 @@ TensorFlow, scikit-learn and PyTorch are imported only when a model of theirs is
 converted, so `import inferd` stays light and works without those extras.
 """
 
+from inferd.convert.assemble import served_name
 from inferd.convert.auto import ConvertOptions, convert, convert_any
 from inferd.convert.detect import SourceKind, detect_source
 from inferd.convert.inputs import ImagePreprocessing
@@ -15,5 +16,5 @@ from inferd.convert.torchscript import convert_torchscript
 
 __all__ = [
     "ConvertOptions", "ImagePreprocessing", "SourceKind", "convert", "convert_any", "convert_onnx",
-    "convert_pytorch", "convert_sklearn", "convert_tensorflow", "convert_torchscript", "detect_source",
+    "convert_pytorch", "convert_sklearn", "convert_tensorflow", "convert_torchscript", "detect_source", "served_name",
 ]

@@ -2,25 +2,36 @@
 
 Shared by the converters that start from a graph (ONNX files, TensorFlow through
 tf2onnx, scikit-learn through skl2onnx), so every source gets the same output
-specs, classifier detection, metadata checks and fidelity gate.
+specs, classifier detection, metadata checks and fidelity gate; PyTorch and
+TorchScript use the same classifier detection.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import cast, get_args
 
 import numpy as np
 import onnx
 
 from inferd.convert.inputs import Spec, dtype_name
 from inferd.errors import ConversionError, FidelityError
+from inferd.io.classify import Activation
 from inferd.manifest import Classifier, Fidelity, Manifest, Source
 from inferd.package import ModelPackage
 from inferd.types import TensorType
 
 METADATA_KEYS = ("name", "version", "author", "license", "description")
-_ALREADY_PROBABILITIES = {"Softmax": "none", "Sigmoid": "none", "LogSoftmax": "none"}
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+_FINAL_ACTIVATION: dict[str, Activation] = {"Softmax": "none", "Sigmoid": "none", "LogSoftmax": "softmax"}
+"""What inferd applies after each probability op: nothing after softmax or sigmoid, and a softmax after
+log-softmax, since the softmax of log-probabilities is exactly the probabilities."""
+_KEEPS_VALUES = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Dropout",
+                           "QuantizeLinear", "DequantizeLinear"})
+"""Ops that move, retype or round values without changing what they mean: probabilities stay probabilities."""
+_SUM_TOLERANCE = 1e-3
 
 
 def output_specs(model: onnx.ModelProto, actual: Sequence[np.ndarray], *, batch_dynamic: bool) -> list[TensorType]:
@@ -45,9 +56,22 @@ def classifier_for(
     *,
     output: str | None = None,
     activation: str | None = None,
+    sample_outputs: Sequence[np.ndarray] = (),
 ) -> Classifier | None:
-    """The output whose last dimension has one score per label; whether scores still need a softmax."""
+    """The output whose last dimension has one score per label, and what turns its scores into probabilities.
+
+    `sample_outputs` (the outputs' values on the conversion samples, in the order
+    of `outputs`) let `detect_activation` recognise a softmax the graph's
+    structure hides; `activation` overrides detection.
+    """
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ConversionError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}: say 'none' when the "
+                              "classifier output already holds probabilities, else the function that makes them")
     if not labels:
+        if activation is not None:
+            raise ConversionError(f"activation {activation!r} says how a classifier's scores become probabilities, "
+                                  "but this model has no classifier; give its labels too (--labels), or leave "
+                                  "the activation out")
         return None
     if output is None:
         fits = [s.name for s in outputs if len(s.shape) == 2 and s.shape[-1] == len(labels) and s.dtype.startswith("float")]
@@ -61,9 +85,49 @@ def classifier_for(
     elif output not in {s.name for s in outputs}:
         raise ConversionError(f"classifier output {output!r} is not among the outputs {[s.name for s in outputs]}")
     if activation is None:
-        producer = next((node.op_type for node in model.graph.node if output in node.output), "")
-        activation = _ALREADY_PROBABILITIES.get(producer, "softmax")
-    return Classifier(output=output, labels=list(labels), activation=activation)
+        values = dict(zip((s.name for s in outputs), sample_outputs, strict=False)).get(output)
+        activation = detect_activation(model, output, values)
+    return Classifier(output=output, labels=list(labels), activation=cast(Activation, activation))
+
+
+def detect_activation(model: onnx.ModelProto, output: str, values: np.ndarray | None) -> Activation:
+    """What inferd must apply to `output` to get probabilities: read from the graph, confirmed by the values.
+
+    The graph decides when it visibly ends in a probability op (looking through
+    ops that only move or round values): a softmax over another axis than the
+    rows is still no place for a second softmax, whatever the samples show. The
+    values decide when the graph hides its activation (a softmax written out as
+    exp / sum, a custom layer): rows that are non-negative and sum to 1 already
+    are probabilities. Values within [0, 1] alone prove nothing (logits can fall
+    there), so only a visible sigmoid makes sigmoid scores probabilities. With
+    neither, the scores are logits and get a softmax.
+    """
+    final = _final_op(model, output)
+    if final in _FINAL_ACTIVATION:
+        return _FINAL_ACTIVATION[final]
+    if values is not None and _are_distributions(values):
+        return "none"
+    return "softmax"
+
+
+def _final_op(model: onnx.ModelProto, output: str) -> str:
+    """The op type that computes `output`'s values, looking back through ops in _KEEPS_VALUES."""
+    producers = {name: node for node in model.graph.node for name in node.output}
+    seen: set[str] = set()
+    node = producers.get(output)
+    while node is not None and node.op_type in _KEEPS_VALUES and node.input and node.input[0] not in seen:
+        seen.add(node.input[0])
+        node = producers.get(node.input[0])
+    return node.op_type if node is not None else ""
+
+
+def _are_distributions(values: np.ndarray) -> bool:
+    """Whether every row (batch first, the rest flattened) is non-negative and sums to 1."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim < 1 or array.size == 0 or not np.all(np.isfinite(array)):
+        return False
+    rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
+    return bool(rows.min() >= -_SUM_TOLERANCE and np.allclose(rows.sum(axis=1), 1.0, rtol=0, atol=_SUM_TOLERANCE))
 
 
 def require_fidelity(fidelity: Fidelity, *, allow_fidelity_loss: bool, source: str, hint: str = "") -> None:
@@ -114,3 +178,13 @@ def package_name(text: str) -> str:
     """A valid package name from a file or class name: `My Model (v2).onnx` -> `My-Model-v2`."""
     cleaned = re.sub(r"[^A-Za-z0-9_.\-]+", "-", text).strip("-._")[:128]
     return cleaned or "model"
+
+
+def served_name(directory: str | Path) -> str:
+    """The name a server would give the package written to `directory`: the name users type in URLs.
+
+    A repository serves `repo/<name>/` and `repo/<name>/<version>/` as `<name>`, so
+    a directory named by a number alone is a version and its parent names the model.
+    """
+    path = Path(directory).resolve()
+    return package_name(path.parent.name if path.name.isdigit() else path.name)

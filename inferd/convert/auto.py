@@ -20,6 +20,7 @@ from inferd.convert.inputs import ImagePreprocessing
 from inferd.convert.onnx import convert_onnx
 from inferd.convert.prepare import Progress, no_progress
 from inferd.errors import ConversionError
+from inferd.io.classify import Activation
 from inferd.package import ModelPackage
 
 
@@ -31,6 +32,9 @@ class ConvertOptions(BaseModel):
     image: ImagePreprocessing | None = Field(None, description="treat an input as an image (--image and friends)")
     input_shape: tuple[int, ...] | None = Field(None, description="fix open dimensions; required for TorchScript")
     labels: tuple[str, ...] | None = Field(None, description="class names, one per score of the classifier output")
+    activation: Activation | None = Field(
+        None, description="what turns the classifier's scores into probabilities (--activation); "
+                          "'none' when they already are; default: detected from the graph and its outputs")
     metadata: dict[str, str] = Field(default_factory=dict, description="name, version, author, license, description")
     opset: int | None = Field(None, description="target ONNX opset (ONNX and TensorFlow sources)")
     signature: str = Field("serving_default", description="SavedModel signature to convert")
@@ -58,8 +62,8 @@ def convert_any(
     _refuse_inapplicable(kind, options)
     labels = list(options.labels) if options.labels else None
     common: dict[str, Any] = {
-        "classifier_labels": labels, "metadata": options.metadata or None, "tolerance": options.tolerance,
-        "allow_fidelity_loss": options.allow_fidelity_loss,
+        "classifier_labels": labels, "activation": options.activation, "metadata": options.metadata or None,
+        "tolerance": options.tolerance, "allow_fidelity_loss": options.allow_fidelity_loss,
     }
     if kind is SourceKind.SKLEARN_PICKLE:
         from inferd.convert.sklearn import convert_sklearn, load_pickled_estimator

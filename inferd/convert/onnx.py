@@ -37,6 +37,7 @@ def convert_onnx(
     input_shape: Sequence[int] | None = None,
     classifier_labels: Sequence[str] | None = None,
     classifier_output: str | None = None,
+    activation: str | None = None,
     metadata: Mapping[str, str] | None = None,
     sample_inputs: Sequence[Mapping[str, np.ndarray]] | None = None,
     opset: int | None = None,
@@ -49,8 +50,11 @@ def convert_onnx(
 
     `inputs` replaces the model's own input specs by name (an `ImageType` with its
     preprocessing, say); `image` marks an input as an image without restating its
-    shape. Raises FidelityError when the package's outputs drift from the original
-    file's beyond `tolerance`, unless `allow_fidelity_loss`.
+    shape. `activation` says what turns the classifier's scores into probabilities
+    ('softmax', 'sigmoid', or 'none' when they already are); without it, the graph
+    and its outputs on the samples tell. Raises FidelityError when the package's
+    outputs drift from the original file's beyond `tolerance`, unless
+    `allow_fidelity_loss`.
     """
     progress("reading the ONNX file")
     original, default_name = load_onnx(model)
@@ -72,7 +76,8 @@ def convert_onnx(
         prepared.model,
         inputs=prepared.inputs,
         outputs=outputs,
-        classifier=classifier_for(prepared.model, outputs, classifier_labels, output=classifier_output),
+        classifier=classifier_for(prepared.model, outputs, classifier_labels, output=classifier_output,
+                                  activation=activation, sample_outputs=converted),
         metadata=metadata,
         default_name=default_name,
         source=Source(framework=f"onnx (from {producer})" if producer else "onnx",

@@ -24,9 +24,10 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
+from inferd.convert.assemble import classifier_for
 from inferd.convert.fidelity import combine, compare_outputs, run_onnx_reference
 from inferd.errors import ConversionError, FidelityError
-from inferd.manifest import Classifier, Fidelity, Manifest, Source
+from inferd.manifest import Fidelity, Manifest, Source
 from inferd.package import ModelPackage
 from inferd.types import ImageType, InputType, TensorType, TextType
 
@@ -42,6 +43,7 @@ def convert_pytorch(
     inputs: Sequence[InputType],
     outputs: Sequence[str] | None = None,
     classifier_labels: Sequence[str] | None = None,
+    activation: str | None = None,
     metadata: Mapping[str, str] | None = None,
     sample_inputs: Sequence[Mapping[str, np.ndarray]] | None = None,
     exporter: Exporter = "auto",
@@ -55,7 +57,9 @@ def convert_pytorch(
     The model is called with one tensor per graph input, in order; a TextType
     stands for its token tensors (ids, attention mask, token types), and
     `sample_inputs` then give those tensors by name. `assets` are files to ship in
-    the package, e.g. `{"tokenizer.json": path}` for a TextType's tokenizer.
+    the package, e.g. `{"tokenizer.json": path}` for a TextType's tokenizer. With
+    `classifier_labels` the first output is the classifier's; `activation` says what
+    turns its scores into probabilities, else the graph and PyTorch's outputs tell.
 
     Raises FidelityError when the converted outputs differ by more than `tolerance`
     (or disagree on the top-1 class) unless `allow_fidelity_loss` is set: a package
@@ -104,7 +108,8 @@ def convert_pytorch(
                       factory=source_factory),
         inputs=[_dynamic_batch(spec) for spec in inputs],
         outputs=output_specs,
-        classifier=Classifier(output=output_names[0], labels=list(classifier_labels)) if classifier_labels else None,
+        classifier=classifier_for(proto, output_specs, classifier_labels, output=output_names[0],
+                                  activation=activation, sample_outputs=references[0]),
         fidelity=fidelity,
     )
     if meta:

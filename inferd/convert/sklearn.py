@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from inferd.convert.assemble import make_package, output_specs, require_fidelity
+from inferd.convert.assemble import classifier_for, make_package, output_specs, require_fidelity
 from inferd.convert.extras import require
 from inferd.convert.fidelity import compare_outputs
 from inferd.convert.prepare import Progress, no_progress, prepare_graph, rename_values
 from inferd.convert.reference import run_onnx
 from inferd.convert.samples import sample_feeds
 from inferd.errors import ConversionError
-from inferd.manifest import Classifier, Source
+from inferd.manifest import Source
 from inferd.package import ModelPackage
 from inferd.types import TensorType
 
@@ -41,6 +41,7 @@ def convert_sklearn(
     *,
     sample_inputs: np.ndarray | None = None,
     classifier_labels: Sequence[str] | None = None,
+    activation: str | None = None,
     metadata: Mapping[str, str] | None = None,
     tolerance: float = 1e-3,
     allow_fidelity_loss: bool = False,
@@ -50,7 +51,9 @@ def convert_sklearn(
 
     `sample_inputs` are rows of real data (n_samples x n_features) for the fidelity
     check; without them, standard-normal rows are used, which is fine for linear
-    models and poor for trees (whose thresholds sit where the data is).
+    models and poor for trees (whose thresholds sit where the data is). A
+    classifier's output is `predict_proba`, probabilities already: its activation
+    is 'none' unless `activation` says otherwise.
     """
     to_onnx = require("skl2onnx", "sklearn").to_onnx
     from sklearn.base import is_classifier, is_regressor
@@ -98,7 +101,8 @@ def convert_sklearn(
         prepared.model,
         inputs=prepared.inputs,
         outputs=outputs,
-        classifier=Classifier(output="probabilities", labels=labels, activation="none") if labels else None,
+        classifier=classifier_for(prepared.model, outputs, labels, output="probabilities",
+                                  activation=activation or ("none" if labels else None)),
         metadata=metadata,
         default_name=type(_final_step(estimator)).__name__.lower(),
         source=Source(framework=f"scikit-learn (via skl2onnx {version('skl2onnx')})",

@@ -29,6 +29,7 @@ def convert_torchscript(
     input_shape: Sequence[int] | None = None,
     image: ImagePreprocessing | None = None,
     classifier_labels: Sequence[str] | None = None,
+    activation: str | None = None,
     metadata: Mapping[str, str] | None = None,
     sample_inputs: Sequence[Mapping[str, np.ndarray]] | None = None,
     tolerance: float = 1e-3,
@@ -56,8 +57,8 @@ def convert_torchscript(
         raise ConversionError(f"torch.jit.load cannot read {path}: {str(exc).strip().splitlines()[0]}") from None
     meta = {"name": package_name(path.stem), **(metadata or {})}
     return convert_pytorch(
-        module, inputs=inputs, classifier_labels=classifier_labels, metadata=meta, sample_inputs=sample_inputs,
-        exporter="torchscript", tolerance=tolerance, allow_fidelity_loss=allow_fidelity_loss,
+        module, inputs=inputs, classifier_labels=classifier_labels, activation=activation, metadata=meta,
+        sample_inputs=sample_inputs, exporter="torchscript", tolerance=tolerance, allow_fidelity_loss=allow_fidelity_loss,
     )
 
 
