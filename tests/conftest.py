@@ -93,7 +93,7 @@ def free_port() -> int:
 class LiveServer:
     """uvicorn serving the real app on 127.0.0.1 in a background thread."""
 
-    def __init__(self, settings: object) -> None:
+    def __init__(self, settings: object, *, start_timeout_s: float = 60) -> None:
         import uvicorn
 
         from inferd.serve import create_app
@@ -103,6 +103,7 @@ class LiveServer:
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.start_timeout_s = start_timeout_s  # loading compiles every model in the repository first
 
     @property
     def url(self) -> str:
@@ -110,7 +111,7 @@ class LiveServer:
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.start_timeout_s
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("server did not start")

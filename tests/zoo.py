@@ -49,6 +49,8 @@ ZOO: dict[str, ZooModel] = {model.key: model for model in (
              "detector (TFLite)"),
     # Silero voice-activity detector, 16 kHz: audio samples and a recurrent state in, speech probability out.
     ZooModel("vad", "silero-vad==6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx", "audio (non-image)"),
+    # Magika file-type classifier: a file's first and last 1024 bytes as int32 (256 pads), softmax over 214 types.
+    ZooModel("file-type", "magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "bytes classifier (non-image)"),
 )}
 
 

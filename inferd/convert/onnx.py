@@ -110,11 +110,26 @@ def run_original(original: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> 
     try:
         return run_onnx(lower_ir(copy.deepcopy(original)), feeds), (
             f"original ONNX file in onnxruntime {ort.__version__} cpu fp32")
-    except Exception:  # ORT refuses opsets/IRs outside its range and old op versions; the spec evaluator does not
+    except Exception as runtime_exc:  # ORT refuses opsets/IRs outside its range and old op versions; onnx's does not
         from onnx.reference import ReferenceEvaluator
 
         evaluator = ReferenceEvaluator(original)
         fixed = any(spec.shape and spec.shape[0] == 1 for spec in graph_inputs(original))
-        outputs = run_in_batches(lambda batch: [np.asarray(out) for out in evaluator.run(None, batch)], feeds,
-                                 one_at_a_time=fixed)
+        try:
+            outputs = run_in_batches(lambda batch: [np.asarray(out) for out in evaluator.run(None, batch)], feeds,
+                                     one_at_a_time=fixed)
+        except Exception:  # both runtimes refuse the samples: their shapes or values are not what the model takes
+            raise _samples_refused(feeds, runtime_exc) from None
         return outputs, f"original ONNX file in onnx.reference {onnx.__version__} (the ONNX spec's evaluator)"
+
+
+def _samples_refused(feeds: Mapping[str, np.ndarray], exc: Exception) -> ConversionError:
+    """Samples are drawn batch first with open sizes filled in; a model that takes neither says so here."""
+    shapes = ", ".join(f"{name} {value.dtype} {list(value.shape)}" for name, value in feeds.items())
+    said = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3]) or type(exc).__name__
+    return ConversionError(
+        f"the original model does not run on sample inputs shaped like its inputs ({shapes}): {said}; inferd puts "
+        "the batch on the first axis of every input and fills open sizes, so fix the sizes the model needs "
+        "(--input-shape, or sample_inputs from Python); a model whose inputs are not batch-first (a recurrent "
+        "state [layers, batch, size]) cannot be packaged"
+    )

@@ -64,6 +64,7 @@ def prepare_graph(
     check_runs(model, framework=framework)
     specs = resolve_inputs(graph_inputs(model), inputs=inputs, image=image, input_shape=input_shape,
                            default_layout=default_layout)
+    _refuse_scalar_inputs(specs)
     model = _fix_input_dims(model, specs)
     progress("making the batch dimension dynamic")
     model, dynamic = dynamic_batch(model, specs)
@@ -175,6 +176,17 @@ def _fix_input_dims(model: onnx.ModelProto, specs: Sequence[Spec]) -> onnx.Model
     if changed:
         del model.graph.value_info[:]
     return model
+
+
+def _refuse_scalar_inputs(specs: Sequence[Spec]) -> None:
+    """A package's inputs are tensors with a batch axis first; a rank-0 input (a sample rate, a flag) has none."""
+    scalars = [f"{spec.name!r} ({spec.dtype})" for spec in specs if not spec.shape]
+    if scalars:
+        raise ConversionError(
+            f"input {', '.join(scalars)} is a scalar; inferd feeds every input as a tensor with the batch first, "
+            "so it cannot feed a scalar: make it a constant inside the model (it usually is one, such as a "
+            "sample rate) or give it a batch axis, and export the model again"
+        )
 
 
 def _fixed_batch(model: onnx.ModelProto) -> int:
