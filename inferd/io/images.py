@@ -241,11 +241,13 @@ def _describe(head: bytes) -> str:
     return f"the first bytes are {head[:8].hex(' ')}"
 
 
-def image_input(manifest: Manifest, *, hint: str | None = None) -> ImageType:
+def image_input(manifest: Manifest, *, hint: str | None = None, name: str | None = None) -> ImageType:
     """The one image input of an image model, or an error whose `hint` says what the caller should send instead
-    (by default: tensors through the V2 protocol)."""
+    (by default: tensors through the V2 protocol). `name` is the one the caller knows the model by, a server's
+    URL name, which need not be the package's own."""
+    name = name or manifest.name
     images = [spec for spec in manifest.inputs if isinstance(spec, ImageType)]
     if len(images) != 1 or len(manifest.inputs) != 1:
-        hint = hint or f"send tensors to /v2/models/{manifest.name}/infer"
-        raise InvalidInput(f"model {manifest.name!r} does not take a single image; {hint}")
+        hint = hint or f"send tensors to /v2/models/{name}/infer"
+        raise InvalidInput(f"model {name!r} does not take a single image; {hint}")
     return images[0]

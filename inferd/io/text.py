@@ -84,12 +84,14 @@ class TextTokenizer:
         return tensors
 
 
-def text_input(manifest: Manifest, *, hint: str | None = None) -> TextType:
-    """The one text input of a text model, or an error whose `hint` says what the caller should send instead."""
+def text_input(manifest: Manifest, *, hint: str | None = None, name: str | None = None) -> TextType:
+    """The one text input of a text model, or an error whose `hint` says what the caller should send instead;
+    `name` is the one the caller knows the model by (a server's URL name), by default the package's."""
+    name = name or manifest.name
     texts = [spec for spec in manifest.inputs if isinstance(spec, TextType)]
     if len(texts) != 1 or len(manifest.inputs) != 1:
-        hint = hint or f"send tensors to /v2/models/{manifest.name}/infer"
-        raise InvalidInput(f"model {manifest.name!r} does not take a single text input; {hint}")
+        hint = hint or f"send tensors to /v2/models/{name}/infer"
+        raise InvalidInput(f"model {name!r} does not take a single text input; {hint}")
     return texts[0]
 
 

@@ -178,9 +178,11 @@ class DynamicBatcher:
 
     def __init__(
         self, model: CompiledModel, config: BatchingConfig, observer: BatchObserver | None = None,
-        inputs: BatchInputs | None = None,
+        inputs: BatchInputs | None = None, *, name: str | None = None,
     ) -> None:
         self.model = model
+        self.name = name or model.name
+        """The name requests use (the repository's, which the package's own may differ from): errors say it."""
         self.config = config
         self.observer = observer
         self.inputs = inputs or TensorInputs(model)
@@ -189,7 +191,7 @@ class DynamicBatcher:
         self._preferred = frozenset(config.preferred_batch_sizes)
         # A dict keeps arrival order and removes a cancelled request in O(1).
         self._queue: dict[_Request, None] = {}
-        self._executor = ThreadPoolExecutor(max_workers=config.executions, thread_name_prefix=f"inferd-batch-{model.name}")
+        self._executor = ThreadPoolExecutor(max_workers=config.executions, thread_name_prefix=f"inferd-batch-{self.name}")
         self._trimmer = MemoryTrimmer()
         self._in_engine: list[list[_Request]] = []  # batches handed to the thread pool, running or about to
         self._compute_s: float | None = None
@@ -242,11 +244,11 @@ class DynamicBatcher:
     def admit(self) -> None:
         """Raise now if a request would be refused, so a handler can refuse before reading a large body."""
         if self._closing:
-            raise NotReady(f"model {self.model.name!r} is shutting down; retry shortly")
+            raise NotReady(f"model {self.name!r} is shutting down; retry shortly")
         if len(self._queue) >= self.config.max_queue_size:
             retry = self._retry_after_s()
             raise Overloaded(
-                f"model {self.model.name!r} already has {len(self._queue)} requests queued "
+                f"model {self.name!r} already has {len(self._queue)} requests queued "
                 f"(max_queue_size {self.config.max_queue_size}); retry in about {retry:.0f} s",
                 retry_after_s=retry,
             )
@@ -307,7 +309,7 @@ class DynamicBatcher:
     def _client_left(self, request: _Request, watch: asyncio.Future[object]) -> None:
         if watch.cancelled() or request.future.done():
             return
-        error = watch.exception() or ClientDisconnected(f"the client left before model {self.model.name!r} answered")
+        error = watch.exception() or ClientDisconnected(f"the client left before model {self.name!r} answered")
         request.future.set_exception(error)
 
     def _abandon(self, request: _Request) -> None:
@@ -327,10 +329,10 @@ class DynamicBatcher:
         assert request.deadline is not None
         allowed_ms = (request.deadline - request.enqueued) * 1000
         if allowed_ms <= 0:
-            return DeadlineExceeded(f"request for model {self.model.name!r} reached the queue after its deadline; "
+            return DeadlineExceeded(f"request for model {self.name!r} reached the queue after its deadline; "
                                     "give it a longer timeout")
         return DeadlineExceeded(
-            f"request for model {self.model.name!r} waited {(now - request.enqueued) * 1000:.1f} ms in the queue; "
+            f"request for model {self.name!r} waited {(now - request.enqueued) * 1000:.1f} ms in the queue; "
             f"the deadline was {allowed_ms:.1f} ms after it arrived"
         )
 
@@ -471,7 +473,7 @@ class DynamicBatcher:
         """Refuse new requests, then run the queued ones (drain) or fail them with NotReady; running batches finish."""
         self._closing = True
         if not drain:
-            error = NotReady(f"model {self.model.name!r} is shutting down; retry shortly")
+            error = NotReady(f"model {self.name!r} is shutting down; retry shortly")
             for request in list(self._queue):
                 self._fail_queued(request, error)
         if self._loop is not None:

@@ -14,23 +14,26 @@ import numpy as np
 
 from inferd.errors import InvalidImage, InvalidInput
 from inferd.io import Prediction, image_input, preprocess_image, top_k
-from inferd.runtime import CompiledModel
 from inferd.types import ImageType, TextType
 
 if TYPE_CHECKING:
     from inferd.serve.repository import ModelEntry
 
 
-def image_spec(model: CompiledModel) -> ImageType:
-    """The model's image input, or an error that sends the caller to the route the model does serve."""
-    manifest = model.manifest
-    hint = (f"it takes text: POST /embed/{manifest.name}" if any(isinstance(s, TextType) for s in manifest.inputs)
+def image_spec(entry: ModelEntry) -> ImageType:
+    """The model's image input, or an error that sends the caller to the route the model does serve.
+
+    Routes are named by the served name (the repository's directory), not the
+    package's own name, which may differ: a hint must name a URL that answers.
+    """
+    manifest = entry.model.manifest
+    hint = (f"it takes text: POST /embed/{entry.name}" if any(isinstance(s, TextType) for s in manifest.inputs)
             else None)
-    return image_input(manifest, hint=hint)
+    return image_input(manifest, hint=hint, name=entry.name)
 
 
-def decode_batch(model: CompiledModel, images: Sequence[bytes], max_pixels: int) -> np.ndarray:
-    spec = image_spec(model)
+def decode_batch(entry: ModelEntry, images: Sequence[bytes], max_pixels: int) -> np.ndarray:
+    spec = image_spec(entry)
     tensors = []
     for index, data in enumerate(images):
         try:
@@ -47,11 +50,10 @@ async def classify(
     timeout_s: float | None = None, disconnected: Callable[[], Awaitable[object]] | None = None,
 ) -> list[list[Prediction]]:
     """Top-k labels for each image: decode on a worker thread, infer through the model's dynamic batcher."""
-    model = entry.model
-    spec = image_spec(model)
-    classifier = model.manifest.classifier
+    spec = image_spec(entry)
+    classifier = entry.model.manifest.classifier
     if classifier is None:
-        raise InvalidInput(f"model {model.name!r} is not a classifier; use /v2/models/{model.name}/infer")
-    batch = await anyio.to_thread.run_sync(decode_batch, model, images, max_pixels)
+        raise InvalidInput(f"model {entry.name!r} is not a classifier; use /v2/models/{entry.name}/infer")
+    batch = await anyio.to_thread.run_sync(decode_batch, entry, images, max_pixels)
     outputs = await entry.infer({spec.name: batch}, timeout_s=timeout_s, disconnected=disconnected)
     return top_k(outputs[classifier.output], classifier.labels, k, activation=classifier.activation)

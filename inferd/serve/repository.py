@@ -242,7 +242,7 @@ class ModelRepository:
             config = with_overrides(config, overrides)
         before = resident_memory_bytes()
         started = time.perf_counter()
-        model, inputs = await anyio.to_thread.run_sync(self._load_model, path, config)
+        model, inputs = await anyio.to_thread.run_sync(self._load_model, name, path, config)
         load_seconds = time.perf_counter() - started
         memory = max(resident_memory_bytes() - before, model.package.size_bytes())
         stats = ModelStats()
@@ -254,14 +254,15 @@ class ModelRepository:
         )
         log.info("loaded %s/%s on %s in %.2fs", name, version, model, load_seconds)
         return ModelEntry(name=name, version=version, path=path, config=config, model=model,
-                          batcher=DynamicBatcher(model, batching, observer, inputs), stats=stats,
+                          batcher=DynamicBatcher(model, batching, observer, inputs, name=name), stats=stats,
                           load_seconds=load_seconds, memory_bytes=memory)
 
-    def _load_model(self, path: Path, config: ServingConfig) -> tuple[CompiledModel, BatchInputs | None]:
-        """On a worker thread: compile the model and, for a text model, read its tokenizer."""
+    def _load_model(self, name: str, path: Path, config: ServingConfig) -> tuple[CompiledModel, BatchInputs | None]:
+        """On a worker thread: compile the model and, for a text model, read its tokenizer; `name` is the served name
+        that errors about requests use."""
         model = load(path, compute_units=config.compute_units, precision=config.precision,
                      streams=config.instances, max_in_flight=self.max_in_flight, warmup_rows=config.max_batch_size)
-        return model, TextInputs(model, chunk_rows=config.max_batch_size) if takes_text(model) else None
+        return model, TextInputs(model, name=name, chunk_rows=config.max_batch_size) if takes_text(model) else None
 
     async def unload(self, name: str) -> None:
         check_name(name)

@@ -36,12 +36,15 @@ def takes_text(model: CompiledModel) -> bool:
     return any(isinstance(spec, TextType) for spec in model.manifest.inputs)
 
 
-def text_spec(model: CompiledModel) -> TextType:
-    """The model's text input, or an error that sends the caller to the route the model does serve."""
+def text_spec(model: CompiledModel, name: str) -> TextType:
+    """The model's text input, or an error that sends the caller to the route the model does serve.
+
+    `name` is the served name (the repository's directory), which routes use and a package's own name may not be.
+    """
     manifest = model.manifest
-    hint = (f"it takes images: POST /predict/{manifest.name}" if any(isinstance(s, ImageType) for s in manifest.inputs)
-            else f"send tensors to /v2/models/{manifest.name}/infer")
-    return text_input(manifest, hint=hint)
+    hint = (f"it takes images: POST /predict/{name}" if any(isinstance(s, ImageType) for s in manifest.inputs)
+            else f"send tensors to /v2/models/{name}/infer")
+    return text_input(manifest, hint=hint, name=name)
 
 
 class TextInputs:
@@ -52,17 +55,19 @@ class TextInputs:
     thousands × max_length activation tensor, and short texts are not padded to a long one.
     """
 
-    def __init__(self, model: CompiledModel, *, chunk_rows: int = 32, tokenizer: TextTokenizer | None = None) -> None:
+    def __init__(self, model: CompiledModel, *, name: str | None = None, chunk_rows: int = 32,
+                 tokenizer: TextTokenizer | None = None) -> None:
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
         self.model = model
-        self.spec = text_spec(model)
+        self.name = name or model.name
+        self.spec = text_spec(model, self.name)
         self.tokenizer = tokenizer or load_tokenizer(model.package)
         self.chunk_rows = chunk_rows
 
     def check(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if list(feeds) != [self.spec.name]:
-            raise InvalidInput(f"model {self.model.name!r} takes one input {self.spec.name!r} (a list of texts); "
+            raise InvalidInput(f"model {self.name!r} takes one input {self.spec.name!r} (a list of texts); "
                                f"got {sorted(feeds)}")
         values = feeds[self.spec.name]
         if isinstance(values, np.ndarray) and values.ndim == 1:
@@ -97,7 +102,7 @@ async def embed(
     disconnected: Callable[[], Awaitable[object]] | None = None,
 ) -> np.ndarray:
     """One embedding row per text, through the model's dynamic batcher; the model must have a single output."""
-    spec = text_spec(entry.model)
+    spec = text_spec(entry.model, entry.name)
     outputs = [output.name for output in entry.model.manifest.outputs]
     if len(outputs) != 1:
         raise InvalidInput(f"model {entry.name!r} has outputs {outputs}, not one embedding; "

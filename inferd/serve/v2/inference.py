@@ -65,7 +65,7 @@ async def _feeds(entry: ModelEntry, decoded: InferRequest, max_pixels: int) -> d
             images = [bytes(x) for x in item.data.reshape(-1)]
             if not images:
                 raise InvalidInput(f"input {item.name!r} holds no images")
-            feeds[item.name] = await anyio.to_thread.run_sync(decode_batch, entry.model, images, max_pixels)
+            feeds[item.name] = await anyio.to_thread.run_sync(decode_batch, entry, images, max_pixels)
             continue
         expected = v2_datatype(spec.dtype)
         if item.datatype != expected:
