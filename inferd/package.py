@@ -129,6 +129,10 @@ class ModelPackage:
                 self._samples = {name: data[name] for name in data.files}
         return self._samples
 
+    def with_samples(self, samples: Mapping[str, np.ndarray]) -> ModelPackage:
+        """The same package, keeping `samples` (by graph input name, batch first) as its typical inputs."""
+        return ModelPackage(self.manifest, model=self._model, path=self.path, assets=self.assets, samples=samples)
+
     def size_bytes(self) -> int:
         if self.path is None:
             return self.onnx_model.ByteSize()
@@ -193,7 +197,7 @@ class ModelPackage:
                 shutil.copyfile(source, destination)
             samples = self.samples()
             if samples is not None:
-                np.savez(staging / SAMPLES_FILE, **samples)
+                np.savez(staging / SAMPLES_FILE, **samples)  # type: ignore[arg-type]  # names, not allow_pickle
             files = {
                 file.relative_to(staging).as_posix(): sha256_file(file)
                 for file in sorted(staging.rglob("*"))

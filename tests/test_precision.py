@@ -160,3 +160,60 @@ def test_server_reports_the_precision_choice(server: LiveServer, caplog: pytest.
     with caplog.at_level("INFO", logger="inferd"):
         client.load_model("efficientnet-lite0")  # a reload logs its precision and why
     assert any("precision:" in record.getMessage() for record in caplog.records)
+
+
+def _file_rows() -> np.ndarray:
+    """Magika's features of real files of several types: Python, JSON, text, HTML, a PNG."""
+    import json
+    import os
+    import sys
+
+    from skimage import data
+
+    from tests.conftest import encode
+    from tests.test_zoo import _magika_row
+
+    files = [Path(os.__file__).read_bytes(), json.dumps({"numbers": list(range(300))}).encode(),
+             Path(sys.prefix, "pyvenv.cfg").read_bytes(), b"<html><body><p>hello</p></body></html>\n" * 40,
+             encode(data.coffee())]
+    return np.stack([_magika_row(content) for content in files])
+
+
+def test_a_model_without_typical_inputs_stays_fp32(tmp_path: Path) -> None:
+    """Random bytes are no evidence: the file-type classifier kept bf16 on them and moved a probability by 0.1 on a
+    real JSON file. Without samples AUTO keeps fp32; with the user's samples it measures."""
+    from typer.testing import CliRunner
+
+    from inferd.cli import app
+
+    bare, sampled = tmp_path / "file-type", tmp_path / "file-type-sampled"
+    rows = tmp_path / "rows.npz"
+    np.savez(rows, bytes=_file_rows())
+    for target, extra in ((bare, []), (sampled, ["--samples", str(rows)])):
+        result = CliRunner().invoke(app, ["convert", str(zoo_file("file-type")), "-o", str(target), *extra])
+        assert result.exit_code == 0, result.output
+    assert ModelPackage.load(bare).samples() is None
+    kept = ModelPackage.load(sampled).samples()
+    assert kept is not None and np.array_equal(kept["bytes"], _file_rows()[:len(kept["bytes"])])
+
+    model = load(bare, backend="openvino", cache_dir=tmp_path / "cache")
+    assert model.load_info.precision == "fp32"
+    if _bf16_here():
+        assert "keeps no typical inputs" in model.load_info.precision_choice["reason"]
+        measured = load(sampled, backend="openvino", cache_dir=tmp_path / "cache")
+        choice = measured.load_info.precision_choice
+        assert choice["considered"] == "bf16" and choice["outputs"]
+        assert choice["chosen"] == ("bf16" if all(o["passed"] for o in choice["outputs"]) else "fp32")
+
+
+def test_samples_that_do_not_fit_the_inputs_are_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from inferd.cli import app
+
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, data=np.zeros((2, 2048), np.int32))
+    result = CliRunner().invoke(app, ["convert", str(zoo_file("file-type")), "-o", str(tmp_path / "p"),
+                                      "--samples", str(wrong)])
+    assert result.exit_code != 0 and "the model's inputs are ['bytes']" in str(result.exception)
+    assert not (tmp_path / "p").exists()

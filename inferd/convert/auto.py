@@ -19,6 +19,7 @@ from inferd.convert.detect import SourceKind, detect_source
 from inferd.convert.inputs import ImagePreprocessing
 from inferd.convert.onnx import convert_onnx
 from inferd.convert.prepare import Progress, no_progress
+from inferd.convert.samples import load_samples_file
 from inferd.errors import ConversionError
 from inferd.io.classify import Activation
 from inferd.package import ModelPackage
@@ -42,6 +43,8 @@ class ConvertOptions(BaseModel):
     tolerance: float = Field(1e-3, gt=0)
     allow_fidelity_loss: bool = False
     allow_pickle: bool = Field(False, description="unpickle scikit-learn files (runs code from the file)")
+    samples: str | None = Field(None, description="an .npz of typical inputs keyed by input name, batch first, kept "
+                                                  "in the package so AUTO can measure reduced precisions on them")
 
     @field_validator("input_shape")
     @classmethod
@@ -56,6 +59,13 @@ def convert_any(
 ) -> ModelPackage:
     """Convert the model file or directory at `source`; a package directory is an error here (nothing to convert)."""
     options = options or ConvertOptions()
+    package = _convert_file(source, options, progress)
+    if options.samples is None:
+        return package
+    return package.with_samples(load_samples_file(Path(options.samples), package.manifest.graph_inputs))
+
+
+def _convert_file(source: str | os.PathLike[str], options: ConvertOptions, progress: Progress) -> ModelPackage:
     kind = detect_source(source)
     if kind is SourceKind.PACKAGE:
         raise ConversionError(f"{source} is already a model package; load it, or convert its source model instead")

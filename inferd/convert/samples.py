@@ -8,6 +8,7 @@ not on standard-normal noise that no camera produces.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -80,21 +81,55 @@ STORED_BYTES = 8 << 20  # what one input's stored samples may take in a package;
 
 def representative_samples(
     inputs: Sequence[Spec], sample_inputs: Sequence[Mapping[str, np.ndarray]] | None = None
-) -> dict[str, np.ndarray]:
+) -> dict[str, np.ndarray] | None:
     """What a package keeps as its own typical inputs (`samples.npz`), to measure reduced precisions on later.
 
-    The user's samples when given; image inputs get real photographs preprocessed
-    as the input says (synthetic pixels where scikit-image is missing); other
-    inputs the reproducible synthetic batch. Large inputs keep fewer rows so the
-    samples stay a small part of the package.
+    The user's samples when given; for a model whose inputs are all images, real
+    photographs preprocessed as each input says. Anything else has no typical
+    input to offer: random tokens or bytes are not evidence that a precision keeps
+    a model's answers (a file-type classifier passed on random bytes and moved a
+    probability by 0.1 on a real file), so there are none (None). Large inputs
+    keep fewer rows so the samples stay a small part of the package.
     """
     if sample_inputs:
         feeds = sample_feeds(inputs, sample_inputs)
+    elif all(isinstance(spec, ImageType) for spec in inputs) and photos_available():
+        photos = [Image.fromarray(photo) for photo in sample_photos()]
+        feeds = {spec.name: np.stack([to_tensor(photo, spec) for photo in photos]) for spec in inputs
+                 if isinstance(spec, ImageType)}
     else:
-        feeds = sample_feeds(inputs)
-        for spec in inputs:
-            if isinstance(spec, ImageType) and photos_available():
-                feeds[spec.name] = np.stack([to_tensor(Image.fromarray(photo), spec) for photo in sample_photos()])
+        return None
+    return _trimmed(feeds)
+
+
+def load_samples_file(path: Path, inputs: Sequence[Spec]) -> dict[str, np.ndarray]:
+    """Typical inputs from an .npz keyed by graph input name, each batch first, checked against the inputs."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"cannot read samples from {path} ({exc}); give an .npz written by numpy.savez") from None
+    names = [spec.name for spec in inputs]
+    if sorted(arrays) != sorted(names):
+        raise ConversionError(f"{path} holds arrays {sorted(arrays)}; the model's inputs are {names}: key one array "
+                              "per input by its name, rows along the first axis")
+    samples = {}
+    for spec in inputs:
+        value = arrays[spec.name]
+        fixed = spec.shape[1:]
+        if value.ndim != len(spec.shape) or any(want not in (-1, got) for want, got in zip(fixed, value.shape[1:], strict=True)):
+            raise ConversionError(f"samples for {spec.name!r} have shape {list(value.shape)}; the input takes "
+                                  f"{list(spec.shape)} (-1: any size), rows first")
+        if not np.can_cast(value.dtype, _numpy_dtype(spec), casting="same_kind"):
+            raise ConversionError(f"samples for {spec.name!r} are {value.dtype}; the input takes {spec.dtype}")
+        samples[spec.name] = value.astype(_numpy_dtype(spec), copy=False)
+    if len({len(value) for value in samples.values()}) > 1:
+        raise ConversionError(f"the arrays in {path} have different numbers of rows; give every input the same")
+    return _trimmed(samples)
+
+
+def _trimmed(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """At most STORED_SAMPLES rows, fewer for large inputs, so the samples stay a small part of the package."""
     rows = min(len(value) for value in feeds.values())
     largest_row = max(value[:1].nbytes for value in feeds.values())
     keep = max(1, min(rows, STORED_SAMPLES, STORED_BYTES // max(largest_row, 1)))

@@ -20,7 +20,15 @@ from inferd.runtime import cache
 from inferd.runtime.backends import Engine, EngineOptions, available_backends, backend_named
 from inferd.runtime.compiled import CompiledModel, LoadInfo, OverflowPolicy
 from inferd.runtime.devices import Device, cpu_count, devices
-from inferd.runtime.precision import PrecisionChoice, measure, package_samples, plan, reference_outputs, verdict
+from inferd.runtime.precision import (
+    NO_SAMPLES,
+    PrecisionChoice,
+    measure,
+    package_samples,
+    plan,
+    reference_outputs,
+    verdict,
+)
 from inferd.runtime.selection import Candidate, eligible, example_feeds, fastest
 from inferd.runtime.sources import resolve_source
 from inferd.types import ComputeUnit, Precision
@@ -140,8 +148,12 @@ def _compile_each(
             else:
                 if reference is None:
                     samples = package_samples(package)
-                    reference = samples, reference_outputs(package, samples)
-                choice = verdict(precision, engine.precision, measure(engine, package, *reference))
+                    reference = (samples, reference_outputs(package, samples)) if samples else ({}, {})
+                if reference[0]:
+                    choice = verdict(precision, engine.precision, measure(engine, package, *reference))
+                else:
+                    choice = PrecisionChoice(precision.value, "fp32", NO_SAMPLES.format(considered=engine.precision),
+                                             engine.precision)
                 if choice.chosen != engine.precision:
                     engine, cached = _compile(package, candidate, planned.fallback, root, options)
                 choices[candidate.label] = choice

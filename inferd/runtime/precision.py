@@ -94,9 +94,13 @@ def typed_execution_rule(package_precision: str) -> str:
     return f"computes in {package_precision} or above"
 
 
-def package_samples(package: ModelPackage) -> dict[str, np.ndarray]:
-    """The package's own typical inputs, or the same kind made now for a package written without them."""
+def package_samples(package: ModelPackage) -> dict[str, np.ndarray] | None:
+    """The package's own typical inputs, photographs for an image model written without them, else None."""
     return package.samples() or representative_samples(package.manifest.graph_inputs)
+
+
+NO_SAMPLES = ("the package keeps no typical inputs to measure {considered} on, so fp32 (convert it with "
+              "--samples FILE.npz, arrays keyed by input name, to let AUTO measure {considered})")
 
 
 def reference_outputs(package: ModelPackage, samples: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
