@@ -89,7 +89,8 @@ def minimal_app(repository_root: Path, instances: int, max_batch_size: int
     from inferd.io import DEFAULT_MAX_PIXELS
     from inferd.serve.repository import ModelRepository
     from inferd.serve.serving_config import ServingConfig
-    from inferd.serve.v2.codec import binary_outputs_for, decode_request, encode_response
+    from inferd.serve.v2.decode import decode_request
+    from inferd.serve.v2.encode import binary_outputs_for, encode_response
     from inferd.serve.v2.inference import run_inference
     from inferd.serve.v2.metadata import statistics
 

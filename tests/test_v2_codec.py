@@ -12,16 +12,9 @@ import pytest
 import tritonclient.http as httpclient
 
 from inferd.errors import InvalidInput, PayloadTooLarge
-from inferd.serve.v2.codec import (
-    DATATYPES,
-    InferRequest,
-    InferResponse,
-    RequestedOutput,
-    binary_outputs_for,
-    datatype_of,
-    decode_request,
-    encode_response,
-)
+from inferd.serve.v2.decode import decode_request
+from inferd.serve.v2.encode import binary_outputs_for, encode_response
+from inferd.serve.v2.types import DATATYPES, InferRequest, InferResponse, RequestedOutput, datatype_of
 
 Client = httpclient.InferenceServerClient
 

@@ -347,3 +347,27 @@ async def test_cancelled_calls_leave_the_queue(default_repository: Path, chelsea
         await asyncio.sleep(0.5)
         ran = (await stub.ModelStatistics(statistics)).model_stats[0].inference_count - before
     assert 1 <= ran < 10, ran
+
+
+def test_typed_bytes_contents_and_refusals_that_name_grpc_fields(grpc_server: LiveServer, coffee_jpeg: bytes) -> None:
+    """Encoded images in `bytes_contents` are served as tritonclient's raw bytes are; a tensor that does not match
+    its shape is refused naming the field the client filled, not HTTP's binary_data_size."""
+    typed = service_pb2.ModelInferRequest(model_name=MODEL)
+    typed.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(coffee_jpeg)
+    miscounted = service_pb2.ModelInferRequest(model_name=MODEL)
+    miscounted.inputs.add(name="image", datatype="BYTES", shape=[2]).contents.bytes_contents.append(coffee_jpeg)
+    short = _raw_request(np.zeros((1, 3, 224, 223), np.float32))
+    short.inputs[0].shape[:] = [1, 3, 224, 224]
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_server.app.state.grpc_port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        logits = np.frombuffer(stub.ModelInfer(typed).raw_output_contents[0], np.float32)
+        refusals = []
+        for bad in (miscounted, short):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(bad)
+            refusals.append(caught.value)
+    assert top_label(logits) in {"espresso", "cup"}
+    assert all(r.code() == grpc.StatusCode.INVALID_ARGUMENT for r in refusals)
+    assert "contents.bytes_contents has 1 elements but shape [2] needs 2" in refusals[0].details()
+    assert "its raw_input_contents entry is 599424 bytes but shape [1, 3, 224, 224] of FP32 needs 602112" in (
+        refusals[1].details())

@@ -26,11 +26,11 @@ from inferd.serve.metrics import ServerMetrics
 from inferd.serve.repository import ModelRepository
 from inferd.serve.responses import json_error
 from inferd.serve.settings import ServerSettings
-from inferd.serve.v2 import routes as v2
+from inferd.serve.v2 import http as v2
 from inferd.serve.v2.shared_memory import SystemSharedMemory
 
 if TYPE_CHECKING:
-    from inferd.serve.v2 import grpc_service
+    from inferd.serve.v2.grpc.server import GrpcFace
 
 log = logging.getLogger("inferd.serve")
 GRPC_DRAIN_S = 30.0
@@ -85,18 +85,19 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
 
 async def _start_grpc(app: FastAPI, repository: ModelRepository, settings: ServerSettings, port: int,
-                      metrics: ServerMetrics) -> grpc_service.GrpcFace:
+                      metrics: ServerMetrics) -> GrpcFace:
     """The gRPC face, on this event loop so that both faces share the batch queues; its port is in app.state.
 
     Imported here, so that grpcio is needed only by servers that speak gRPC.
     """
-    from inferd.serve.v2 import grpc_service
+    from inferd.serve.v2.grpc import server
+    from inferd.serve.v2.grpc.servicer import InferenceService
 
-    service = grpc_service.InferenceService(
+    service = InferenceService(
         repository, app.state.shared_memory, ready=lambda: bool(app.state.ready), metrics=metrics,
         max_image_pixels=settings.max_image_pixels, log_requests=settings.access_log,
         log_settings=app.state.log_settings)
-    face = await grpc_service.start(
+    face = await server.start(
         service, settings.host, port, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes)
     app.state.grpc_port = face.port
     log.info("serving the Open Inference Protocol over gRPC on %s:%d", settings.host, face.port)

@@ -1,8 +1,9 @@
 """The Open Inference Protocol (KServe V2) over HTTP, with the Triton extensions that tooling relies on.
 
-Only HTTP plumbing lives here: the wire format is in `codec.py`, what the server says
-about its models in `metadata.py`, the inference itself in `inference.py` (shared
-with the gRPC face), the models and their batching in the repository.
+Only HTTP plumbing lives here: the body's wire format is read by `decode.py` and
+written by `encode.py`, what the server says about its models is `metadata.py`'s,
+the inference itself `inference.py`'s (shared with the gRPC face), the models and
+their batching the repository's.
 """
 
 from __future__ import annotations
@@ -18,15 +19,10 @@ from inferd.errors import InvalidInput, NotReady, dotted, validation_summary
 from inferd.serve.disconnect import when_client_gone
 from inferd.serve.log_settings import LogSettings
 from inferd.serve.repository import ModelRepository
-from inferd.serve.v2.codec import (
-    INFERENCE_HEADER,
-    as_object,
-    binary_outputs_for,
-    decode_request,
-    encode_response,
-    parse_object,
-)
+from inferd.serve.v2.decode import INFERENCE_HEADER, decode_request
+from inferd.serve.v2.encode import binary_outputs_for, encode_response
 from inferd.serve.v2.inference import run_inference
+from inferd.serve.v2.json_values import as_object, parse_object
 from inferd.serve.v2.metadata import check_unload_parameters, serving_overrides, statistics, triton_config
 from inferd.serve.v2.metadata import model_metadata as describe_model
 from inferd.serve.v2.metadata import server_metadata as describe_server

@@ -16,8 +16,8 @@ from inferd.errors import InvalidInput
 from inferd.io import top_k
 from inferd.serve.images import decode_batch
 from inferd.serve.repository import ModelEntry
-from inferd.serve.v2.codec import InferInput, InferRequest, InferResponse, SharedMemoryRef
 from inferd.serve.v2.metadata import v2_datatype
+from inferd.serve.v2.types import InferInput, InferRequest, InferResponse, SharedMemoryRef
 from inferd.types import ImageType, TextType
 
 

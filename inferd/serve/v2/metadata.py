@@ -16,7 +16,8 @@ import numpy as np
 from inferd import __version__
 from inferd.errors import InvalidInput
 from inferd.serve.repository import ModelEntry, ModelRepository
-from inferd.serve.v2.codec import as_object, datatype_of, parse_object
+from inferd.serve.v2.json_values import as_object, parse_object
+from inferd.serve.v2.types import datatype_of
 from inferd.types import ImageType
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics", "logging"]

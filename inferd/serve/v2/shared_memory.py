@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferd.errors import Forbidden, InvalidInput, PayloadTooLarge
-from inferd.serve.v2.codec import SharedMemoryRef
+from inferd.serve.v2.types import SharedMemoryRef
 
 _KEY = re.compile(r"/?[A-Za-z0-9_.\-]{1,250}")
 _MAX_NAME = 256
