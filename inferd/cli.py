@@ -118,6 +118,7 @@ def convert(
     from pydantic import ValidationError
 
     from inferd.convert import ConvertOptions, ImagePreprocessing, convert_any, served_name
+    from inferd.runtime.check import save_checked
 
     image_flags = {"--image-input": image_input, "--scale": scale, "--bias": bias,
                    "--channel-layout": channel_layout}
@@ -144,8 +145,8 @@ def convert(
         raise InferdError(validation_summary(exc)) from None
     with console.status(f"converting {source}") as status:
         package = convert_any(source, options, progress=lambda step: status.update(f"{source.name}: {step}"))
-        status.update(f"writing {output}")
-        package = package.save(output, overwrite=force)
+        status.update(f"writing {output} and loading it on every backend")
+        package = save_checked(package, output, overwrite=force)
     m = package.manifest
     out.print(f"[green]wrote[/green] {output}: {m.name} {m.version} from {m.source.framework}")
     for spec in m.inputs:
@@ -296,6 +297,7 @@ def optimize(
     from inferd.bench.compression import report as compression_report
     from inferd.bench.compression import report_json as compression_report_json
     from inferd.package import ModelPackage
+    from inferd.runtime.check import save_checked
 
     if output.exists() and not force:
         raise InferdError(f"{output} already exists; pass --force to replace it or choose another --output")
@@ -313,7 +315,8 @@ def optimize(
             note = f" (kept at full precision, {len(kept)}: {', '.join(kept)})" if kept else ""
             console.print(f"[green]done:[/green] {step}{note}")
             results.append(result)
-    saved = results[-1].save(output, overwrite=force)
+    with console.status(f"writing {output} and loading it on every backend"):
+        saved = save_checked(results[-1], output, overwrite=force)
     console.print(f"[green]wrote[/green] {output} ({saved.size_bytes() / 1e6:.2f} MB, "
                   f"from {original.size_bytes() / 1e6:.2f} MB)")
     if eval_set is not None and (report or report_json):

@@ -12,6 +12,7 @@ from inferd.optimize.evalset import EvalSet, build_eval_set
 from inferd.optimize.fp16 import to_fp16
 from inferd.optimize.guard import guarded
 from inferd.optimize.int8 import Method, StaticQuantization, quantize_weights
+from inferd.optimize.opset import record_upgrade, upgrade_for
 from inferd.optimize.palettize import Palettization
 from inferd.optimize.palettize import check_parameters as check_palette
 from inferd.optimize.prune import check_parameters as check_prune
@@ -105,7 +106,9 @@ def compress_each(
     eval_data: str | os.PathLike[str] | EvalSet | None = None,
     eval_samples: int = 200,
 ) -> Iterator[tuple[Step, ModelPackage]]:
-    """`compress`, yielding the package after every step: the report covers each step, the CLI shows progress."""
+    """`compress`, yielding the package after every step: the report covers each step, the CLI shows progress.
+
+    A graph below the opset a step writes is upgraded before the first step (see `inferd.optimize.opset`)."""
     steps = parse(spec)
     eval_set: EvalSet | None = None
     if max_drop is not None:
@@ -113,6 +116,7 @@ def compress_each(
             raise OptimizeError(f"max_drop is a number of accuracy points >= 0, not {max_drop}")
         eval_set = eval_data if isinstance(eval_data, EvalSet) else build_eval_set(
             package.manifest, eval_data, eval_samples)
+    package, upgrade = upgrade_for(package, [step.kind for step in steps])
     for step in steps:
         if step.kind in ("int8", "palettize"):
             measured = _measured_once(step, package, calibration, method)
@@ -122,6 +126,7 @@ def compress_each(
             compression = _compression(step)
             package = compression(package, ()) if eval_set is None else guarded(
                 package, compression, eval_set, max_drop or 0.0)
+        package, upgrade = record_upgrade(package, upgrade), None  # on the step that compressed the upgraded graph
         yield step, package
 
 
