@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from inferd.errors import InferdError
-from inferd.export import coreml_compress
-from inferd.export.errors import ExportError, UnsupportedOperation
+from inferd.export import coreml_compress, coreml_limits
+from inferd.export.diagnose import advice, coreml_failure, failing_module, failures, first_line
+from inferd.export.errors import ExportError
 from inferd.export.torch_source import Network, Source, as_tuple, check_equivalent, example_inputs, rebuild
 from inferd.manifest import Manifest
 from inferd.package import ModelPackage
@@ -116,7 +117,8 @@ def to_coreml(
     say("rebuilding the network in PyTorch")
     network = rebuild(pkg, source)
     say("checking it against the package")
-    max_diff = check_equivalent(network, pkg, order)
+    with failures(network, "running on the package's example inputs"):
+        max_diff = check_equivalent(network, pkg, order)
     say("capturing the PyTorch graph")
     facing = _core_ml_facing(network.module, pkg, order, image_inputs, as_classifier)
     captured = _capture(network, facing, _example(pkg, order, image_inputs))
@@ -135,22 +137,19 @@ def to_coreml(
                 minimum_deployment_target=deployment,
                 skip_model_load=True,
             )
-        except NotImplementedError as exc:
-            raise _unsupported(exc, captured) from exc
-        except Exception as exc:  # a conversion coremltools gets wrong on this graph
-            raise ExportError(
-                f"coremltools {ct.__version__} could not convert {network.origin}: {type(exc).__name__}: "
-                f"{_first_line(exc)}; try the other source (source='onnx' or 'factory', --source)"
-            ) from exc
+        except Exception as exc:  # an op coremltools lacks, or a conversion it gets wrong on this graph
+            raise coreml_failure(exc, captured, network, ct.__version__) from exc
+    coreml_limits.check(mlmodel.get_spec(), from_onnx=bool(network.nodes))
     _describe(mlmodel, pkg, network, image_inputs)
 
     warned: list[str] = []
-    with tempfile.TemporaryDirectory(prefix=".inferd-coreml-", dir=_parent(target)) as staging:
+    with (failures(network, f"writing {target}"),
+          tempfile.TemporaryDirectory(prefix=".inferd-coreml-", dir=_parent(target)) as staging):
         uncompressed = Path(staging) / "uncompressed.mlpackage"
         if steps:
             _save(mlmodel, uncompressed)
             say(f"compressing: {', '.join(map(str, steps))}")
-            with _quiet(collect=warned):
+            with _quiet(collect=warned), failures(network, f"compressing ({', '.join(map(str, steps))})"):
                 mlmodel = coreml_compress.apply(mlmodel, steps)
             _describe(mlmodel, pkg, network, image_inputs)
         say(f"saving {target}")
@@ -369,7 +368,7 @@ def _capture(network: Network, facing: Any, example: tuple[Any, ...]) -> Any:
     """The graph in a form coremltools converts: torch.export where it works, else a TorchScript trace."""
     import torch
 
-    failures = []
+    failed = []
     for method in network.capture:
         try:
             with _quiet(), torch.inference_mode(False), torch.no_grad():
@@ -379,47 +378,9 @@ def _capture(network: Network, facing: Any, example: tuple[Any, ...]) -> Any:
         except InferdError:
             raise
         except Exception as exc:
-            failures.append(f"{method}: {type(exc).__name__}: {_first_line(exc)}")
-    raise ExportError(f"PyTorch could not capture the graph of {network.origin}: " + "; ".join(failures))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
-
-
-def _unsupported(exc: NotImplementedError, captured: Any) -> ExportError:
-    """Name the op and the node coremltools has no conversion for, and what to try."""
-    message = str(exc)
-    match = re.search(r"op '([^']+)' not implemented", message) or re.search(r"Unsupported fx node (\S+?),", message)
-    if match is None:
-        return ExportError(f"coremltools cannot convert the network: {message}")
-    op = match.group(1)
-    node = _locate(captured, op)
-    return UnsupportedOperation(
-        f"Core ML has no conversion for the PyTorch op {op!r} (node {node}); try: replace it in the model with "
-        "supported ops, register a composite conversion with coremltools' @register_torch_op, or keep this "
-        "model on inferd's own runtime (inferd serve)"
-    )
-
-
-def _locate(captured: Any, op: str) -> str:
-    """The node named `op` (torch.export) or of kind `aten::op` (TorchScript), with the user's source line."""
-    graph = getattr(captured, "graph", None)
-    if graph is not None and hasattr(graph, "nodes") and callable(getattr(captured, "run_decompositions", None)):
-        for node in graph.nodes:
-            if node.name == op:
-                frames = [line.strip() for line in (node.meta.get("stack_trace") or "").splitlines() if line.strip()]
-                where = f" at {frames[-2]}: {frames[-1]}" if len(frames) >= 2 else ""
-                return f"{node.name} = {node.target}{where}"
-        return op
-    for node in captured.inlined_graph.nodes():
-        if node.kind().split("::")[-1] == op:
-            frames = [line for line in node.sourceRange().splitlines() if "torch/nn/modules" not in line]
-            where = f" at {frames[0].strip()}" if frames else ""
-            scope = f" in {node.scopeName().split('/')[-1].removeprefix('__module.')}" if node.scopeName() else ""
-            return f"%{next(node.outputs()).debugName()} = {node.kind()}{scope}{where}"
-    return op
+            where = failing_module(exc, network)
+            failed.append(f"{method}{f' at {where}' if where else ''}: {type(exc).__name__}: {first_line(exc)}")
+    raise ExportError(f"PyTorch could not capture the graph of {network.origin}: {'; '.join(failed)}; {advice(network)}")
 
 
 # -- metadata ------------------------------------------------------------------------------------

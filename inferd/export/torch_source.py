@@ -11,7 +11,7 @@ checked against the package's ONNX graph, so the export is of *this* package.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -32,6 +32,8 @@ class Network:
     origin: str
     capture: tuple[str, ...]
     """Ways to capture its graph for Core ML, best first: "export" (torch.export) and/or "trace" (TorchScript)."""
+    nodes: dict[str, str] = field(default_factory=dict)
+    """For a network rebuilt from ONNX: each top-level submodule's ONNX node, as "node 'name' (OpType)"."""
 
 
 def rebuild(package: ModelPackage, source: Source | Any = "auto") -> Network:
@@ -58,8 +60,9 @@ def rebuild(package: ModelPackage, source: Source | Any = "auto") -> Network:
             return Network(module.eval(), f"pytorch factory {factory}", ("export", "trace"))
     from inferd.export.from_onnx import to_torch
 
+    module, nodes = to_torch(package.onnx_model)
     # onnx2torch modules compute shapes from tensors: torch.export refuses that, tracing bakes it in.
-    return Network(to_torch(package.onnx_model), "onnx2torch from model.onnx", ("trace",))
+    return Network(module, "onnx2torch from model.onnx", ("trace",), nodes)
 
 
 def _factory_usable(package: ModelPackage) -> tuple[bool, str]:
@@ -122,11 +125,21 @@ def check_equivalent(network: Network, package: ModelPackage, order: list[str]) 
         diff = float(np.max(np.abs(got_np - ref.astype(np.float32)), initial=0.0))
         worst = max(worst, diff)
         if diff > tolerance * max(1.0, float(np.max(np.abs(ref), initial=0.0))):
-            raise ExportError(
-                f"the rebuilt network ({network.origin}) differs from the package's model.onnx by {diff:.3g}: "
-                "the package's weights are not the source's; export with source='onnx'"
-            )
+            raise _differs(network, package, feeds, diff, tolerance)
     return worst
+
+
+def _differs(network: Network, package: ModelPackage, feeds: dict[str, np.ndarray], diff: float,
+             tolerance: float) -> ExportError:
+    if not network.nodes:
+        return ExportError(f"the rebuilt network ({network.origin}) differs from the package's model.onnx by {diff:.3g}: "
+                           "the package's weights are not the source's; export with source='onnx'")
+    from inferd.export.diagnose import ONNX_ADVICE
+    from inferd.export.from_onnx import first_divergence
+
+    node = first_divergence(network.module, package.onnx_model, feeds, tolerance)
+    return ExportError(f"{network.origin} computes differently from ONNX Runtime (by {diff:.3g})"
+                       f"{f', first at {node}: onnx2torch converts that op inexactly' if node else ''}; {ONNX_ADVICE}")
 
 
 def as_tuple(result: Any) -> tuple[Any, ...]:
