@@ -18,11 +18,13 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from starlette.types import Message, Receive, Scope, Send
 
-from inferd.serve.encoding import response_encoding
-from inferd.serve.metrics import ServerMetrics
-from inferd.serve.middleware import UNAUTHORIZED, BodyLimitMiddleware, install
+from inferd.serve.access import UNAUTHORIZED
+from inferd.serve.app import install
+from inferd.serve.metrics.series import ServerMetrics
+from inferd.serve.metrics.triton import CpuUsage
+from inferd.serve.middleware.body_limit import BodyLimitMiddleware
+from inferd.serve.middleware.encoding import response_encoding
 from inferd.serve.stats import ModelStats
-from inferd.serve.triton_metrics import CpuUsage
 from tests.conftest import free_port, samples
 
 KEY = "s3cret-key"

@@ -20,9 +20,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferd import __version__
 from inferd.errors import InferdError, NotReady, Overloaded
-from inferd.serve import middleware, rest
+from inferd.serve import rest
 from inferd.serve.log_settings import LogSettings
-from inferd.serve.metrics import ServerMetrics
+from inferd.serve.metrics.series import ServerMetrics, metrics_router
+from inferd.serve.middleware.api_key import ApiKeyMiddleware
+from inferd.serve.middleware.body_limit import BodyLimitMiddleware
+from inferd.serve.middleware.cors import CorsMiddleware
+from inferd.serve.middleware.encoding import ContentEncodingMiddleware
+from inferd.serve.middleware.head import HeadMiddleware
+from inferd.serve.middleware.request_id import RequestIdMiddleware
 from inferd.serve.repository import ModelRepository
 from inferd.serve.responses import json_error
 from inferd.serve.settings import ServerSettings
@@ -77,11 +83,33 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(rest.router)
     app.include_router(v2.router)
     app.router.routes[:0] = v2.fast_infer_routes()
-    middleware.install(app, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
-                       cors_origins=settings.cors_origins, metrics=metrics, log_requests=settings.access_log,
-                       body_timeout_s=settings.body_timeout_s)
+    install(app, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+            cors_origins=settings.cors_origins, metrics=metrics, log_requests=settings.access_log,
+            body_timeout_s=settings.body_timeout_s)
     _install_error_handlers(app)
     return app
+
+
+def install(app: FastAPI, *, api_key: str | None, max_body_bytes: int, cors_origins: list[str] | None,
+            metrics: ServerMetrics, log_requests: bool = True, body_timeout_s: float = 60.0) -> None:
+    """What an app serves besides its faces: `GET /metrics`, and the middlewares around everything.
+
+    Outermost first: request id and log, CORS, body limit, API key, content
+    encoding, HEAD. CORS sits outside the API key and the body limit because
+    browsers send preflights without credentials, and need CORS headers on a 401
+    or 413 to read it. Public so that an app of one's own (a test's, with no
+    models) gets the same.
+    """
+    app.state.metrics = metrics
+    app.include_router(metrics_router(metrics))
+    # Starlette puts each added middleware outside the ones before it: add innermost first.
+    app.add_middleware(HeadMiddleware)
+    app.add_middleware(ContentEncodingMiddleware, max_body_bytes=max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
+    if cors_origins:
+        app.add_middleware(CorsMiddleware, allow_origins=cors_origins)
+    app.add_middleware(RequestIdMiddleware, metrics=metrics, log_requests=log_requests)
 
 
 async def _start_grpc(app: FastAPI, repository: ModelRepository, settings: ServerSettings, port: int,

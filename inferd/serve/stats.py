@@ -3,7 +3,7 @@
 Tools that scrape `/v2/models/stats` (perf_analyzer, dashboards) expect these
 exact field names: counts plus cumulative nanoseconds per phase, and a
 per-batch-size breakdown. The same numbers feed Triton's Prometheus metric names
-(`inferd.serve.triton_metrics`).
+(`inferd.serve.metrics.triton`).
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from inferd.serve.metrics.triton import CpuUsage, ModelSnapshot, triton_families
 from inferd.serve.stats import ModelStats
-from inferd.serve.triton_metrics import CpuUsage, ModelSnapshot, triton_families
 
 log = logging.getLogger("inferd.serve")
 
@@ -188,6 +188,7 @@ class ServerMetrics:
 
 
 def metrics_router(metrics: ServerMetrics) -> APIRouter:
+    """`GET /metrics`, for the app to mount beside its faces (the API key leaves it open, as scrapers expect)."""
     router = APIRouter(tags=["monitoring"])
 
     # async: the callbacks then run on the event loop, the thread that owns the batch queues they read.

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 
 from inferd.errors import Unauthorized
-from inferd.serve.middleware import UNAUTHORIZED, presents_key
+from inferd.serve.access import UNAUTHORIZED, presents_key
 from inferd.serve.v2.grpc.converters import parse
 from inferd.serve.v2.grpc.health import HEALTH_SERVICE, HealthService
 from inferd.serve.v2.grpc.servicer import SERVICE, InferenceService

@@ -30,8 +30,8 @@ from tritonclient.grpc import service_pb2 as pb
 
 from inferd.errors import InferdError, ModelNotFound, NotReady, Overloaded
 from inferd.serve import log_settings as logs
-from inferd.serve.metrics import ServerMetrics
-from inferd.serve.middleware import access_log, safe_request_id, write_access_line
+from inferd.serve.access import REQUEST_ID_KEY, access_log, safe_request_id, write_access_line
+from inferd.serve.metrics.series import ServerMetrics
 from inferd.serve.repository import ModelRepository
 from inferd.serve.v2.grpc.converters import Corrupt, parameters_of, request_from_grpc, response_to_grpc, stream_error
 from inferd.serve.v2.inference import run_inference
@@ -70,7 +70,7 @@ def _handled(method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitabl
         started, started_at = time.perf_counter(), time.time()
         status, message = 200, ""
         request_id = _request_id(context)
-        trailer: tuple[tuple[str, str], ...] = (("x-request-id", request_id),)
+        trailer: tuple[tuple[str, str], ...] = ((REQUEST_ID_KEY, request_id),)
         context.set_trailing_metadata(trailer)
         try:
             if isinstance(request, Corrupt):
@@ -277,5 +277,5 @@ def _outcome(exc: Exception, method: str) -> tuple[int, str]:
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
-    given = next((v for k, v in context.invocation_metadata() or () if k == "x-request-id"), None)
+    given = next((v for k, v in context.invocation_metadata() or () if k == REQUEST_ID_KEY), None)
     return safe_request_id(given.encode() if isinstance(given, str) else given)
