@@ -88,13 +88,13 @@ def minimal_app(repository_root: Path, instances: int, max_batch_size: int
                 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     from inferd.io import DEFAULT_MAX_PIXELS
     from inferd.serve.repository import ModelRepository
-    from inferd.serve.serving_config import ServingConfig
+    from inferd.serve.settings import ServingSettings
     from inferd.serve.v2.decode import decode_request
     from inferd.serve.v2.encode import binary_outputs_for, encode_response
     from inferd.serve.v2.inference import run_inference
     from inferd.serve.v2.metadata import statistics
 
-    repository = ModelRepository(repository_root, defaults=ServingConfig(
+    repository = ModelRepository(repository_root, defaults=ServingSettings(
         instances=instances, max_batch_size=max_batch_size, max_queue_delay_ms=0))
     json_headers = [(b"content-type", b"application/json")]
 

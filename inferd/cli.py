@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from inferd.errors import InferdError, validation_summary
+from inferd.serve.settings import ServerSettings, ServingSettings
 from inferd.types import ComputeUnit, Precision
 
 app = typer.Typer(
@@ -409,41 +410,53 @@ def bench(
         console.print(f"wrote {json_file}")
 
 
+# The `serve` flags take their defaults from the settings, which own them (and their checks).
+_SERVER = ServerSettings.model_fields
+_MODEL = ServingSettings.model_fields
+
+
 @app.command()
 def serve(
-    repository: Annotated[Path, typer.Argument(help="model repository directory")] = Path("models"),
-    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8000,
-    default_model: Annotated[str | None, typer.Option(help="model for POST /predict, or /embed if it takes text")] = None,
-    model_control: Annotated[str, typer.Option(help="none | poll | explicit")] = "none",
+    repository: Annotated[Path, typer.Argument(help="model repository directory")] = _SERVER["repository"].default,
+    host: Annotated[str, typer.Option(
+        help="address to bind; 0.0.0.0 exposes the server to the network")] = _SERVER["host"].default,
+    port: Annotated[int, typer.Option()] = _SERVER["port"].default,
+    default_model: Annotated[str | None, typer.Option(
+        help="model for POST /predict, or /embed if it takes text")] = _SERVER["default_model"].default,
+    model_control: Annotated[str, typer.Option(help="none | poll | explicit")] = _SERVER["model_control"].default,
     load_model: Annotated[list[str] | None, typer.Option(help="model to load at start (explicit mode)")] = None,
-    poll_interval: Annotated[float, typer.Option(help="seconds between repository scans (poll mode)")] = 5.0,
-    max_batch_size: Annotated[int, typer.Option(help="rows per dynamic batch; 1 disables batching")] = 8,
-    max_queue_delay_ms: Annotated[float, typer.Option(help="how long a request waits for batch company")] = 2.0,
-    max_queue_size: Annotated[int, typer.Option(help="queued requests per model before 429")] = 64,
+    poll_interval: Annotated[float, typer.Option(
+        help="seconds between repository scans (poll mode)")] = _SERVER["poll_interval_s"].default,
+    max_batch_size: Annotated[int, typer.Option(
+        help="rows per dynamic batch; 1 disables batching")] = _MODEL["max_batch_size"].default,
+    max_queue_delay_ms: Annotated[float, typer.Option(
+        help="how long a request waits for batch company")] = _MODEL["max_queue_delay_ms"].default,
+    max_queue_size: Annotated[int, typer.Option(help="queued requests per model before 429")] = _MODEL["max_queue_size"].default,
     instances: Annotated[int, typer.Option(
         help="concurrent executions per model, each on its share of the cores: 1 answers one request fastest, "
-             "one per core serves the most requests")] = 1,
-    timeout: Annotated[float, typer.Option(help="default request deadline in seconds")] = 30.0,
+             "one per core serves the most requests")] = _MODEL["instances"].default,
+    timeout: Annotated[float, typer.Option(help="default request deadline in seconds")] = _MODEL["timeout_s"].default,
     max_memory: Annotated[str | None, typer.Option(help="memory budget for loaded models, e.g. 4G")] = None,
-    max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted")] = 64 * 1024 * 1024,
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted")] = _SERVER["max_body_bytes"].default,
     body_timeout: Annotated[float, typer.Option(
-        help="seconds a request body may pause before the server answers 408 (slow-client guard)")] = 60.0,
+        help="seconds a request body may pause before the server answers 408 (slow-client guard)",
+    )] = _SERVER["body_timeout_s"].default,
     api_key: Annotated[str | None, typer.Option(envvar="INFERD_API_KEY", help="require this key (Bearer or X-API-Key)")] = None,
     cors_origin: Annotated[list[str] | None, typer.Option(help="allow browser calls from this origin")] = None,
-    access_log: Annotated[bool, typer.Option(help="log one JSON line per request to stderr")] = True,
+    access_log: Annotated[bool, typer.Option(help="log one JSON line per request to stderr")] = _SERVER["access_log"].default,
     allow_shared_memory: Annotated[bool, typer.Option(
-        help="let clients on this machine pass tensors through registered shared memory (Triton's extension)")] = False,
-    grpc_port: Annotated[int | None, typer.Option(help="also serve V2 over gRPC on this port (Triton uses 8001)")] = None,
-    compute_units: ComputeUnitsOpt = ComputeUnit.ALL,
-    precision: PrecisionOpt = Precision.AUTO,
+        help="let clients on this machine pass tensors through registered shared memory (Triton's extension)",
+    )] = _SERVER["allow_shared_memory"].default,
+    grpc_port: Annotated[int | None, typer.Option(
+        help="also serve V2 over gRPC on this port (Triton uses 8001)")] = _SERVER["grpc_port"].default,
+    compute_units: ComputeUnitsOpt = _MODEL["compute_units"].default,
+    precision: PrecisionOpt = _MODEL["precision"].default,
 ) -> None:
     """Serve the models of a repository over HTTP: simple REST and the Open Inference Protocol (V2)."""
     import uvicorn
     from pydantic import ValidationError
 
-    from inferd.serve import ServerSettings, create_app
-    from inferd.serve.serving_config import ServingConfig
+    from inferd.serve import create_app
 
     if not repository.is_dir():
         raise InferdError(f"{repository} is not a directory; run `inferd prepare {repository}` first")
@@ -454,9 +467,9 @@ def serve(
             repository=repository, host=host, port=port, default_model=default_model,
             model_control=model_control,
             load_models=load_model or [], poll_interval_s=poll_interval,
-            models=ServingConfig(max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
-                                 max_queue_size=max_queue_size, instances=instances, timeout_s=timeout,
-                                 compute_units=compute_units, precision=precision),
+            models=ServingSettings(max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
+                                   max_queue_size=max_queue_size, instances=instances, timeout_s=timeout,
+                                   compute_units=compute_units, precision=precision),
             max_memory_bytes=_parse_size(max_memory) if max_memory else None, max_body_bytes=max_body_bytes,
             body_timeout_s=body_timeout,
             api_key=api_key, cors_origins=cors_origin or [], access_log=access_log,

@@ -18,7 +18,8 @@ from inferd.errors import DeadlineExceeded, InvalidInput, NotReady, Overloaded
 from inferd.manifest import Manifest, Source
 from inferd.package import ModelPackage
 from inferd.runtime import CompiledModel, load
-from inferd.serve.batcher import BatchingConfig, ClientDisconnected, DynamicBatcher
+from inferd.serve.batching.scheduler import ClientDisconnected, DynamicBatcher
+from inferd.serve.settings import ServingSettings as BatchingConfig
 from inferd.types import TensorType
 
 WEIGHT = np.arange(12, dtype=np.float32).reshape(4, 3)

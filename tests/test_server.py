@@ -116,7 +116,7 @@ def test_openapi_documents_both_faces(server: LiveServer) -> None:
 def patient_server(default_repository: Path) -> Iterator[LiveServer]:
     """A lone request waits 3 s for company, so a client can leave while it is still queued."""
     from inferd.serve import ServerSettings
-    from inferd.serve.serving_config import ServingConfig
+    from inferd.serve.settings import ServingSettings as ServingConfig
 
     settings = ServerSettings(repository=default_repository, default_model="efficientnet-lite0",
                               models=ServingConfig(max_batch_size=8, max_queue_delay_ms=3000))

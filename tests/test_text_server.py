@@ -182,7 +182,7 @@ def test_v2_repository_and_stats(client: triton.InferenceServerClient) -> None:
 def batching_server(default_repository: Path) -> Iterator[LiveServer]:
     """In fp32, with a queue delay long enough that concurrent requests surely merge; the image model is the default."""
     from inferd.serve import ServerSettings
-    from inferd.serve.serving_config import ServingConfig
+    from inferd.serve.settings import ServingSettings as ServingConfig
 
     settings = ServerSettings(repository=default_repository, default_model="efficientnet-lite0",
                               models=ServingConfig(max_batch_size=8, max_queue_delay_ms=300, precision="fp32"))

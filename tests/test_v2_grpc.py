@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from inferd.serve.serving_config import ServingConfig
+from inferd.serve.settings import ServingSettings as ServingConfig
 from tests.conftest import CAT_LABELS, LiveServer, top_label
 
 MODEL = "efficientnet-lite0"

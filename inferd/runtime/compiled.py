@@ -20,6 +20,7 @@ from inferd.errors import InvalidInput, Overloaded
 from inferd.manifest import Manifest
 from inferd.package import ModelPackage
 from inferd.runtime.backends import Engine
+from inferd.runtime.batches import rows, split, stack
 from inferd.types import ImageType, TensorType, TextType
 
 OverflowPolicy = Literal["wait", "reject"]
@@ -110,12 +111,7 @@ class CompiledModel:
         shapes = {tuple(value.shape[1:] for value in feeds.values()) for feeds in checked}
         if not self.manifest.batch_dynamic or len(checked) == 1 or len(shapes) > 1:
             return [self.engine.infer(feeds) for feeds in checked]
-        sizes = [next(iter(feeds.values())).shape[0] for feeds in checked]
-        stacked = {name: np.concatenate([feeds[name] for feeds in checked]) for name in self._specs}
-        outputs = self.engine.infer(stacked)
-        bounds = np.cumsum(sizes)[:-1]
-        split = {name: np.split(value, bounds) for name, value in outputs.items()}
-        return [{name: parts[i] for name, parts in split.items()} for i in range(len(checked))]
+        return split(self.engine.infer(stack(checked)), [rows(feeds) for feeds in checked])
 
     async def predict_async(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Like `predict`, off the event loop; past `max_in_flight` it waits or raises Overloaded per `overflow`.

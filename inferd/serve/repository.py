@@ -26,11 +26,12 @@ import numpy as np
 from inferd.errors import InferdError, InvalidModelName, ModelNotFound, NotReady
 from inferd.package import MANIFEST_FILE
 from inferd.runtime import CompiledModel, load
-from inferd.serve.batcher import BatchingConfig, BatchInputs, DynamicBatcher
-from inferd.serve.metrics import resident_memory_bytes
-from inferd.serve.serving_config import ServingConfig, load_serving_config, with_overrides
+from inferd.serve.batching.inputs import BatchInputs, TextInputs
+from inferd.serve.batching.scheduler import BatchObserver, DynamicBatcher
+from inferd.serve.metrics.series import resident_memory_bytes
+from inferd.serve.settings import ServingSettings, load_serving_settings, with_overrides
 from inferd.serve.stats import ModelStats
-from inferd.serve.text import TextInputs, takes_text
+from inferd.serve.text import takes_text
 
 log = logging.getLogger("inferd.repository")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -69,7 +70,7 @@ def discover(root: Path) -> dict[str, dict[str, Path]]:
 class MetricsSink(Protocol):
     """What the repository reports to the metrics module (kept abstract so this module does not import it)."""
 
-    def observer_for(self, model: str, version: str) -> Any: ...
+    def observer_for(self, model: str, version: str) -> BatchObserver: ...
 
     def track_model(self, name: str, version: str, load_seconds: float, queue_depth: Callable[[], int],
                     in_flight: Callable[[], int], stats: ModelStats) -> None: ...
@@ -80,7 +81,7 @@ class MetricsSink(Protocol):
 class _Fanout:
     """Sends batcher events to the Triton-style stats and to Prometheus alike."""
 
-    def __init__(self, *observers: Any) -> None:
+    def __init__(self, *observers: BatchObserver | None) -> None:
         self._observers = [o for o in observers if o is not None]
 
     def on_batch(self, rows: int, requests: int, compute_s: float) -> None:
@@ -97,7 +98,7 @@ class ModelEntry:
     name: str
     version: str
     path: Path
-    config: ServingConfig
+    config: ServingSettings
     model: CompiledModel
     batcher: DynamicBatcher
     stats: ModelStats
@@ -111,14 +112,17 @@ class ModelEntry:
     def in_flight(self) -> int:
         return self.batcher.rows_in_flight
 
+    def admit(self) -> None:
+        """Raise now if a request would be refused (overloaded, shutting down), before a handler reads a large body."""
+        self.batcher.admit()
+
     async def infer(
-        self, feeds: Mapping[str, np.ndarray], *, timeout_s: float | None = None,
+        self, feeds: Mapping[str, Any], *, timeout_s: float | None = None,
         disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run through the dynamic batcher with the request's deadline (or the model's default)."""
+        """Run through the dynamic batcher with the request's deadline; without one the batcher applies the model's."""
         self.last_used = time.monotonic()
-        timeout = timeout_s if timeout_s is not None else self.config.timeout_s
-        deadline = time.monotonic() + timeout if timeout is not None else None
+        deadline = self.last_used + timeout_s if timeout_s is not None else None
         started = time.perf_counter()
         try:
             outputs = await self.batcher.submit(feeds, deadline=deadline, disconnected=disconnected)
@@ -134,13 +138,13 @@ class ModelRepository:
         self,
         root: Path,
         *,
-        defaults: ServingConfig | None = None,
+        defaults: ServingSettings | None = None,
         metrics: MetricsSink | None = None,
         max_memory_bytes: int | None = None,
         max_in_flight: int = 256,
     ) -> None:
         self.root = root
-        self.defaults = defaults or ServingConfig()
+        self.defaults = defaults or ServingSettings()
         self.metrics = metrics
         self.max_memory_bytes = max_memory_bytes
         self.max_in_flight = max_in_flight
@@ -237,7 +241,7 @@ class ModelRepository:
             return list(fresh.values())
 
     async def _build(self, name: str, version: str, path: Path, overrides: Mapping[str, Any]) -> ModelEntry:
-        config = load_serving_config(self.defaults, path.parent if path.parent != self.root else path, path)
+        config = load_serving_settings(self.defaults, path.parent if path.parent != self.root else path, path)
         if overrides:
             config = with_overrides(config, overrides)
         before = resident_memory_bytes()
@@ -247,17 +251,13 @@ class ModelRepository:
         memory = max(resident_memory_bytes() - before, model.package.size_bytes())
         stats = ModelStats()
         observer = _Fanout(stats, self.metrics.observer_for(name, version) if self.metrics else None)
-        batching = BatchingConfig(
-            max_batch_size=config.max_batch_size, max_queue_delay_ms=config.max_queue_delay_ms,
-            preferred_batch_sizes=tuple(config.preferred_batch_sizes), max_queue_size=config.max_queue_size,
-            executions=config.instances, default_timeout_s=config.timeout_s,
-        )
-        log.info("loaded %s/%s on %s in %.2fs", name, version, model, load_seconds)
+        log.info("loaded %s/%s on %s in %.2fs; precision: %s", name, version, model, load_seconds,
+                 model.load_info.precision_choice.get("reason", model.load_info.precision))
         return ModelEntry(name=name, version=version, path=path, config=config, model=model,
-                          batcher=DynamicBatcher(model, batching, observer, inputs, name=name), stats=stats,
+                          batcher=DynamicBatcher(model, config, observer, inputs, name=name), stats=stats,
                           load_seconds=load_seconds, memory_bytes=memory)
 
-    def _load_model(self, name: str, path: Path, config: ServingConfig) -> tuple[CompiledModel, BatchInputs | None]:
+    def _load_model(self, name: str, path: Path, config: ServingSettings) -> tuple[CompiledModel, BatchInputs | None]:
         """On a worker thread: compile the model and, for a text model, read its tokenizer; `name` is the served name
         that errors about requests use."""
         model = load(path, compute_units=config.compute_units, precision=config.precision,

@@ -210,7 +210,7 @@ async def _embed(request: Request, name: str, timeout_ms: float | None) -> Embed
     entry = _repository(request).get(name)
     request.state.model, request.state.model_version = entry.name, entry.version  # labels for metrics and logs
     text.text_spec(entry.model, entry.name)  # a wrong model is named before the body is read
-    entry.batcher.admit()
+    entry.admit()
     texts = _texts(await request.body())
     embeddings = await text.embed(entry, texts, timeout_s=timeout_ms / 1000 if timeout_ms else None,
                                   disconnected=when_client_gone(request))

@@ -1,15 +1,92 @@
-"""Server settings, from flags or `INFERD_*` environment variables."""
+"""The server's settings and each model's serving settings: the one place that holds their defaults and checks.
+
+`ServerSettings` comes from flags or `INFERD_*` environment variables;
+`ServingSettings` is what one model is served with (batching, limits, compute),
+and it is what the dynamic batcher reads, so a value is checked once, here, and
+a default written once, here (the `serve` command's flags read theirs from these fields).
+
+A model directory may hold `serving.toml` (for every version) and a version
+directory its own (for that version), so operators tune batching and limits
+without rebuilding packages; a load request may override them for that load.
+Unknown keys are errors: a typo must not be silently ignored on a production server.
+"""
 
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
+from inferd.errors import InvalidInput, PackageError, validation_summary
 from inferd.io import DEFAULT_MAX_PIXELS
-from inferd.serve.serving_config import ServingConfig
+from inferd.types import ComputeUnit, Precision
+
+SERVING_FILE = "serving.toml"
+
+
+class ServingSettings(BaseModel):
+    """How one model is served; the defaults suit a small CNN on a CPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # `executions` is what the dynamic batcher called this setting when it had a copy of its own: still understood.
+    instances: int = Field(1, le=64, validation_alias=AliasChoices("instances", "executions"),
+                           description="concurrent executions of the model (engine runs in flight at once)")
+    max_batch_size: int = Field(8, ge=1, le=4096, description="rows per batch (not requests); 1 disables dynamic batching")
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000,
+                                      description="how long the oldest queued request may wait for others; "
+                                                  "0 dispatches as soon as an execution is free")
+    preferred_batch_sizes: list[int] = Field(default_factory=list,
+                                             description="row counts at which a batch leaves without waiting out the delay")
+    max_queue_size: int = Field(64, ge=1, description="queued requests (not rows) before answering 429")
+    timeout_s: float | None = Field(30.0, gt=0, description="deadline of requests that bring none; None waits without limit")
+    precision: Precision = Precision.AUTO
+    compute_units: ComputeUnit = ComputeUnit.ALL
+
+    @field_validator("instances")
+    @classmethod
+    def _runs_at_all(cls, instances: int) -> int:
+        if instances < 1:
+            raise PydanticCustomError("greater_than_equal", "Input should be at least 1: a model needs an execution to run")
+        return instances
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _within_a_batch(cls, sizes: list[int], info: ValidationInfo) -> list[int]:
+        limit = info.data.get("max_batch_size")
+        if limit is not None and any(not 1 <= size <= limit for size in sizes):
+            raise ValueError(f"every size must lie between 1 and max_batch_size ({limit}); got {sizes}")
+        return sizes
+
+
+def load_serving_settings(defaults: ServingSettings, *directories: Path) -> ServingSettings:
+    """`defaults` overridden by each directory's serving.toml in order (model dir, then version dir)."""
+    merged = defaults.model_dump()
+    for directory in directories:
+        file = directory / SERVING_FILE
+        if not file.is_file():
+            continue
+        try:
+            merged.update(tomllib.loads(file.read_text()))
+        except tomllib.TOMLDecodeError as exc:
+            raise PackageError(f"{file} is not valid TOML: {exc}") from exc
+    try:
+        return ServingSettings.model_validate(merged)
+    except ValidationError as exc:
+        raise PackageError(f"invalid serving settings for {directories[-1]}: {exc}") from exc
+
+
+def with_overrides(settings: ServingSettings, overrides: Mapping[str, Any]) -> ServingSettings:
+    """`settings` with a load request's `overrides`, validated as serving.toml is."""
+    try:
+        return ServingSettings.model_validate({**settings.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid serving settings in the load request: {validation_summary(exc)}") from None
 
 
 class ServerSettings(BaseModel):
@@ -22,7 +99,7 @@ class ServerSettings(BaseModel):
     )
     load_models: list[str] = Field(default_factory=list, description="models to load at start in explicit mode")
     poll_interval_s: float = Field(5.0, gt=0)
-    models: ServingConfig = Field(default_factory=ServingConfig, description="defaults for every model")
+    models: ServingSettings = Field(default_factory=ServingSettings, description="defaults for every model")
     max_memory_bytes: int | None = Field(None, gt=0, description="unload least recently used models past this")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)

@@ -126,8 +126,9 @@ def resident_memory_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
-class BatchObserver:
-    """What the dynamic batcher reports, with labels bound once so the hot path skips label lookups."""
+class BatchSeries:
+    """One model version's batch series (a `BatchObserver` of the scheduler), labels bound once so the hot path skips
+    label lookups."""
 
     def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
         self._batch_size = metrics.batch_size.labels(model, version)
@@ -173,8 +174,8 @@ class ServerMetrics:
         self.requests.labels(model, version, route, str(status)).inc()
         self.request_duration.labels(model, version).observe(seconds)
 
-    def observer_for(self, model: str, version: str) -> BatchObserver:
-        return BatchObserver(self, model, version)
+    def observer_for(self, model: str, version: str) -> BatchSeries:
+        return BatchSeries(self, model, version)
 
     def track_model(self, name: str, version: str, load_seconds: float,
                     queue_depth: Callable[[], int], in_flight: Callable[[], int], stats: ModelStats) -> None:

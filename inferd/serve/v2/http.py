@@ -187,7 +187,7 @@ async def unregister_shared_memory(request: Request, region: str | None = None) 
 @router.post("/models/{model}/versions/{version}/infer")
 async def infer(request: Request, model: str, version: str | None = None) -> Response:
     entry = _repository(request).get(model, version)
-    entry.batcher.admit()  # refuse overload before buffering the body: memory stays flat under a flood
+    entry.admit()  # refuse overload before buffering the body: memory stays flat under a flood
     body = await request.body()
     shared_memory = _shared_memory(request)
     decoded = decode_request(body, request.headers.get(INFERENCE_HEADER), shared_memory=shared_memory)

@@ -249,7 +249,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         """Protobuf to the shared request, the data plane, and back: the three steps of HTTP's `infer`."""
         entry = self.repository.get(request.model_name, request.model_version or None)
-        entry.batcher.admit()
+        entry.admit()
         decoded = request_from_grpc(request, self.shared_memory)
         response = await run_inference(entry, decoded, max_image_pixels=self.max_image_pixels,
                                        timeout_s=context.time_remaining())
