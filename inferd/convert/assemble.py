@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from inferd.convert.inputs import Spec, dtype_name
+from inferd.convert.samples import representative_samples
 from inferd.errors import ConversionError, FidelityError
 from inferd.io.classify import Activation
 from inferd.manifest import Classifier, Fidelity, Manifest, Source
@@ -171,7 +172,7 @@ def make_package(
         classifier=classifier,
         fidelity=fidelity,
     )
-    return ModelPackage(manifest, model=model)
+    return ModelPackage(manifest, model=model, samples=representative_samples(inputs))
 
 
 def package_name(text: str) -> str:

@@ -26,6 +26,7 @@ import onnx
 
 from inferd.convert.assemble import classifier_for
 from inferd.convert.fidelity import combine, compare_outputs, run_onnx_reference
+from inferd.convert.samples import representative_samples
 from inferd.errors import ConversionError, FidelityError
 from inferd.manifest import Fidelity, Manifest, Source
 from inferd.package import ModelPackage
@@ -114,7 +115,8 @@ def convert_pytorch(
     )
     if meta:
         raise ConversionError(f"unknown metadata keys {sorted(meta)}; use name, version, author, license, description")
-    return ModelPackage(manifest, model=proto, assets=assets)
+    return ModelPackage(manifest, model=proto, assets=assets,
+                        samples=representative_samples(manifest.graph_inputs, sample_inputs))
 
 
 def _best_export(

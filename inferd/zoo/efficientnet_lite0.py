@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from inferd.convert import convert_pytorch
 from inferd.io.photos import sample_photos
 from inferd.package import ModelPackage
