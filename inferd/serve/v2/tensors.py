@@ -34,7 +34,7 @@ from inferd.serve.v2.types import DATATYPES, SharedMemory, SharedMemoryRef
 DEFAULT_MAX_ELEMENTS = 2**28
 
 # numpy 1.x caps arrays at 32 dimensions; refusing more here gives a clear message instead of a numpy error.
-_MAX_DIMS = 32
+MAX_DIMS = 32
 _U32 = struct.Struct("<I")
 
 
@@ -84,8 +84,8 @@ def _shape(name: str, raw: Any) -> tuple[int, ...]:
             f"input '{name}': shape must be an array of non-negative integers like [1, 3, 224, 224], "
             f"got {describe(raw)}"
         )
-    if len(raw) > _MAX_DIMS:
-        raise InvalidInput(f"input '{name}': shape has {len(raw)} dimensions; at most {_MAX_DIMS} are supported")
+    if len(raw) > MAX_DIMS:
+        raise InvalidInput(f"input '{name}': shape has {len(raw)} dimensions; at most {MAX_DIMS} are supported")
     return tuple(raw)
 
 
