@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 import inferd.convert as _converters
 from inferd.types import ComputeUnit, ImageType, Precision, TensorType, TextType
+from inferd.version import __version__
 
 if TYPE_CHECKING:
     from inferd.package import ModelPackage

@@ -24,10 +24,10 @@ import numpy as np
 import onnx
 from pydantic import ValidationError
 
-from inferd import __version__
 from inferd.errors import PackageError
 from inferd.manifest import Manifest
 from inferd.types import TextType
+from inferd.version import __version__
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"

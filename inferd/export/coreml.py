@@ -15,14 +15,10 @@ Core ML's ImageType cannot hold, is computed inside the model instead.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import re
 import shutil
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,15 +27,15 @@ import numpy as np
 
 from inferd.errors import InferdError
 from inferd.export import coreml_compress, coreml_limits
-from inferd.export.diagnose import advice, coreml_failure, failing_module, failures, first_line
-from inferd.export.errors import ExportError
+from inferd.export.coreml_library import deployment_target, import_coremltools, notes, quiet
+from inferd.export.diagnose import advice, coreml_failure, failing_module, failures
+from inferd.export.errors import ExportError, first_line
 from inferd.export.torch_source import Network, Source, as_tuple, check_equivalent, example_inputs, rebuild
 from inferd.manifest import Manifest
 from inferd.package import ModelPackage
 from inferd.types import ImageType, TensorType
 
 PRECISIONS = ("fp16", "fp32")
-OLDEST_TARGET = "iOS15"  # ML programs need iOS15/macOS12
 WEIGHTS_DIR = Path("Data/com.apple.CoreML/weights")
 CLASS_LABEL = "classLabel"  # Core ML's usual name of a classifier's top label; probabilities come as classLabel_probs
 
@@ -102,8 +98,8 @@ def to_coreml(
     steps = coreml_compress.parse(compress) if compress else []
     if isinstance(source, str) and source not in ("auto", "factory", "onnx"):
         raise ExportError(f"source {source!r}: choose auto, factory or onnx")
-    ct = _coremltools()
-    deployment = _target(ct, minimum_deployment_target)
+    ct = import_coremltools()
+    deployment = deployment_target(ct, minimum_deployment_target)
     coreml_compress.check_target(steps, minimum_deployment_target, deployment >= ct.target.iOS18)
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
     manifest = pkg.manifest
@@ -123,7 +119,7 @@ def to_coreml(
     facing = _core_ml_facing(network.module, pkg, order, image_inputs, as_classifier)
     captured = _capture(network, facing, _example(pkg, order, image_inputs))
     say(f"converting to a Core ML ML program ({precision}, {minimum_deployment_target})")
-    with _quiet():
+    with quiet():
         try:
             mlmodel = ct.convert(
                 captured,
@@ -149,7 +145,7 @@ def to_coreml(
         if steps:
             _save(mlmodel, uncompressed)
             say(f"compressing: {', '.join(map(str, steps))}")
-            with _quiet(collect=warned), failures(network, f"compressing ({', '.join(map(str, steps))})"):
+            with quiet(collect=warned), failures(network, f"compressing ({', '.join(map(str, steps))})"):
                 mlmodel = coreml_compress.apply(mlmodel, steps)
             _describe(mlmodel, pkg, network, image_inputs)
         say(f"saving {target}")
@@ -162,7 +158,7 @@ def to_coreml(
     return CoreMLExport(
         path=target, source=network.origin, precision=precision, minimum_deployment_target=minimum_deployment_target,
         max_abs_diff_vs_package=max_diff, weights_bytes_uncompressed=before, weights_bytes=weights_bytes(target),
-        total_bytes=_tree_bytes(target), compression=tuple(map(str, steps)), notes=_notes(warned),
+        total_bytes=_tree_bytes(target), compression=tuple(map(str, steps)), notes=notes(warned),
     )
 
 
@@ -196,76 +192,8 @@ def _parent(target: Path) -> Path:
 
 
 def _save(mlmodel: Any, path: Path) -> None:
-    with _quiet():
+    with quiet():
         mlmodel.save(str(path))
-
-
-# -- coremltools ---------------------------------------------------------------------------------
-
-
-def _coremltools() -> Any:
-    # coremltools probes TensorFlow at import; keep TensorFlow's C++ start-up chatter out of the user's terminal.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        with _quiet():
-            import coremltools
-    except ImportError as exc:
-        raise ExportError(f"the Core ML export needs coremltools: pip install 'inferd[coreml]' ({exc})") from exc
-    return coremltools
-
-
-@contextlib.contextmanager
-def _quiet(collect: list[str] | None = None) -> Iterator[None]:
-    """coremltools draws tqdm bars on stderr and warns about untested torch versions; inferd reports progress itself.
-
-    With `collect`, coremltools' warnings are gathered there instead of dropped
-    (the compression passes warn about each weight they leave uncompressed).
-    """
-    logger = logging.getLogger("coremltools")
-    level, propagate, handler = logger.level, logger.propagate, None
-    logger.setLevel(logging.CRITICAL if collect is None else logging.WARNING)
-    if collect is not None:
-        handler = _Collector(collect)
-        logger.addHandler(handler)
-        logger.propagate = False
-    try:
-        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-        logger.propagate = propagate
-        if handler is not None:
-            logger.removeHandler(handler)
-
-
-class _Collector(logging.Handler):
-    def __init__(self, into: list[str]) -> None:
-        super().__init__(logging.WARNING)
-        self.into = into
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.into.append(record.getMessage().strip())
-
-
-def _notes(messages: list[str]) -> tuple[str, ...]:
-    """One line per distinct message, counted: a pass warns once per weight it skips."""
-    counts: dict[str, int] = {}
-    for message in messages:
-        general = re.sub(r"on \S+?\. Skipped this op\.", "on some weights, which stay uncompressed.", message)
-        counts[general] = counts.get(general, 0) + 1
-    return tuple(f"{text} ({count} weights)" if count > 1 else text for text, count in counts.items())
-
-
-def _target(ct: Any, name: str) -> Any:
-    targets = ct.target.__members__
-    oldest = targets[OLDEST_TARGET]
-    usable = [n for n, t in targets.items() if t >= oldest]
-    lookup = {n.lower(): n for n in usable}
-    if name.lower() not in lookup:
-        raise ExportError(f"minimum deployment target {name!r} is not one coremltools {ct.__version__} knows for ML "
-                          f"programs; choose one of {', '.join(usable)}")
-    return targets[lookup[name.lower()]]
 
 
 def _graph_inputs(package: ModelPackage) -> list[str]:
@@ -371,7 +299,7 @@ def _capture(network: Network, facing: Any, example: tuple[Any, ...]) -> Any:
     failed = []
     for method in network.capture:
         try:
-            with _quiet(), torch.inference_mode(False), torch.no_grad():
+            with quiet(), torch.inference_mode(False), torch.no_grad():
                 if method == "export":
                     return torch.export.export(facing, example).run_decompositions({})
                 return torch.jit.trace(facing, example, check_trace=False)

@@ -15,11 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from inferd.errors import InferdError
-from inferd.export.errors import ExportError, UnsupportedOperation
+from inferd.export.errors import ONNX_ADVICE, ExportError, UnsupportedOperation, first_line
 from inferd.export.torch_source import Network
-
-ONNX_ADVICE = ("export from the PyTorch source instead (a package whose manifest names an inferd factory is rebuilt in "
-               "PyTorch), or re-export the ONNX model without the op")
 
 
 @contextlib.contextmanager
@@ -74,11 +71,6 @@ def coreml_failure(exc: Exception, captured: Any, network: Network, version: str
         f"coremltools {version} could not convert {network.origin}{where}: {type(exc).__name__}: {first_line(exc)}; "
         f"{advice(network)}, or keep this model on inferd's own runtime (inferd serve)"
     )
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].rstrip(".") if text else ""
 
 
 def _unsupported(exc: NotImplementedError, captured: Any, network: Network) -> ExportError:

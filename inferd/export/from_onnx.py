@@ -32,8 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from inferd.export import onnx_ops
-from inferd.export.diagnose import ONNX_ADVICE, first_line
-from inferd.export.errors import ExportError, UnsupportedOperation
+from inferd.export.errors import ONNX_ADVICE, ExportError, UnsupportedOperation, first_line
 
 MAX_OPSET = 17  # the newest default-domain opset onnx2torch 1.5 converts
 _INSTALL = "pip install --no-deps onnx2torch==1.5.15 (its torchvision dependency is optional for inferd)"

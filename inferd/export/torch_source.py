@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from inferd.export.errors import ExportError
+from inferd.export.errors import ONNX_ADVICE, ExportError
 from inferd.package import ModelPackage
 from inferd.types import ImageType, InputType
 
@@ -134,7 +134,6 @@ def _differs(network: Network, package: ModelPackage, feeds: dict[str, np.ndarra
     if not network.nodes:
         return ExportError(f"the rebuilt network ({network.origin}) differs from the package's model.onnx by {diff:.3g}: "
                            "the package's weights are not the source's; export with source='onnx'")
-    from inferd.export.diagnose import ONNX_ADVICE
     from inferd.export.from_onnx import first_divergence
 
     node = first_divergence(network.module, package.onnx_model, feeds, tolerance)

@@ -17,9 +17,9 @@ from inferd.convert import ConvertOptions
 from inferd.errors import BackendUnavailable
 from inferd.package import ModelPackage
 from inferd.runtime import cache
-from inferd.runtime.backends import Engine, EngineOptions, available_backends, backend_named
+from inferd.runtime.backends import Engine, EngineOptions, available_backends, backend_named, devices
 from inferd.runtime.compiled import CompiledModel, LoadInfo, OverflowPolicy
-from inferd.runtime.devices import Device, cpu_count, devices
+from inferd.runtime.devices import Device, cpu_count
 from inferd.runtime.precision import (
     NO_SAMPLES,
     PrecisionChoice,

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from inferd import __version__
+from inferd.version import __version__
 
 
 def cache_root(override: str | os.PathLike[str] | None = None) -> Path:

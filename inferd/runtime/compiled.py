@@ -1,4 +1,4 @@
-"""CompiledModel: a package compiled for one device, with checked inputs and bounded concurrency.
+"""CompiledModel: a package compiled for one device, with checked inputs (`feeds.py`) and bounded concurrency.
 
 Sync calls run on the caller's thread (the backends release the GIL); async calls
 run on a private thread pool so an event loop is never blocked, and a bound on
@@ -16,12 +16,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from inferd.errors import InvalidInput, Overloaded
+from inferd.errors import Overloaded
 from inferd.manifest import Manifest
 from inferd.package import ModelPackage
 from inferd.runtime.backends import Engine
 from inferd.runtime.batches import rows, split, stack
-from inferd.types import ImageType, TensorType, TextType
+from inferd.runtime.feeds import check_feeds
 
 OverflowPolicy = Literal["wait", "reject"]
 
@@ -69,7 +69,6 @@ class CompiledModel:
         self.load_info = load_info
         self.max_in_flight = max_in_flight
         self.overflow = overflow
-        self._specs = {spec.name: spec for spec in self.manifest.graph_inputs}
         self._executor = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix=f"inferd-{self.manifest.name}")
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -152,39 +151,4 @@ class CompiledModel:
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Arrays in the model's dtype and rank, or an InvalidInput that says which input is wrong and how."""
-        missing = [name for name in self._specs if name not in inputs]
-        unknown = [name for name in inputs if name not in self._specs]
-        if missing or unknown:
-            texts = [spec.name for spec in self.manifest.inputs if isinstance(spec, TextType) and spec.name in unknown]
-            hint = (f"; {texts[0]!r} is text: tokenize it with inferd.io.tokenize(model, texts), "
-                    "or get embeddings with inferd.io.embed(model, texts)") if texts else ""
-            raise InvalidInput(
-                f"model {self.name!r} takes inputs {list(self._specs)}; missing {missing}, unknown {unknown}{hint}"
-            )
-        feeds = {name: _conform(np.asarray(inputs[name]), spec) for name, spec in self._specs.items()}
-        if len(feeds) > 1:
-            batches = {value.shape[0] for value in feeds.values()}
-            if len(batches) > 1:
-                raise InvalidInput(f"inputs have different batch sizes {sorted(batches)}; give every input the same")
-        return feeds
-
-
-def _conform(value: np.ndarray, spec: ImageType | TensorType) -> np.ndarray:
-    expected = spec.shape
-    if value.ndim == len(expected) - 1:
-        value = value[np.newaxis]  # a single example without its batch axis
-    if value.ndim != len(expected):
-        raise InvalidInput(f"input {spec.name!r} must have shape {list(expected)} (-1: any size); got {list(value.shape)}")
-    for axis, (want, got) in enumerate(zip(expected, value.shape, strict=True)):
-        if want != -1 and want != got:
-            raise InvalidInput(
-                f"input {spec.name!r} has size {got} on axis {axis} but the model needs {want} "
-                f"(shape {list(expected)}, -1: any size)"
-            )
-    if value.shape[0] == 0:
-        raise InvalidInput(f"input {spec.name!r} has an empty batch; send at least one example")
-    if value.dtype != np.dtype(spec.dtype):
-        if not np.can_cast(value.dtype, spec.dtype, casting="same_kind"):
-            raise InvalidInput(f"input {spec.name!r} must be {spec.dtype}; got {value.dtype} that cannot be cast safely")
-        value = value.astype(spec.dtype)
-    return np.ascontiguousarray(value)
+        return check_feeds(self.name, self.manifest, inputs)

@@ -85,10 +85,3 @@ def cpu_native_precisions() -> tuple[str, ...]:
     if "avx512_fp16" in features or "asimd" in features:
         precisions.insert(1, "fp16")
     return tuple(precisions)
-
-
-def devices() -> list[Device]:
-    """Every (backend, device) pair this installation can run models on."""
-    from inferd.runtime.backends import available_backends
-
-    return [device for backend in available_backends() for device in backend.devices()]

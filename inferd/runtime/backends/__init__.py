@@ -7,8 +7,9 @@ import sys
 from functools import lru_cache
 
 from inferd.runtime.backends.base import Backend, Engine, EngineOptions
+from inferd.runtime.devices import Device
 
-__all__ = ["Backend", "Engine", "EngineOptions", "available_backends", "backend_named"]
+__all__ = ["Backend", "Engine", "EngineOptions", "available_backends", "backend_named", "devices"]
 
 
 @lru_cache(maxsize=1)
@@ -27,6 +28,11 @@ def available_backends() -> tuple[Backend, ...]:
 
         found.append(CoreMLBackend())
     return tuple(found)
+
+
+def devices() -> list[Device]:
+    """Every (backend, device) pair this installation can run models on."""
+    return [device for backend in available_backends() for device in backend.devices()]
 
 
 def backend_named(name: str) -> Backend:
