@@ -413,6 +413,8 @@ def bench(
 # The `serve` flags take their defaults from the settings, which own them (and their checks).
 _SERVER = ServerSettings.model_fields
 _MODEL = ServingSettings.model_fields
+RayOptions = Annotated[list[str] | None, typer.Option(
+    help="the Ray layout as NAME=VALUE, e.g. max_replicas=4, cpus_per_replica=0.5, models_per_replica=2 (README)")]
 
 
 @app.command()
@@ -451,6 +453,9 @@ def serve(
         help="also serve V2 over gRPC on this port (Triton uses 8001)")] = _SERVER["grpc_port"].default,
     compute_units: ComputeUnitsOpt = _MODEL["compute_units"].default,
     precision: PrecisionOpt = _MODEL["precision"].default,
+    ray_address: Annotated[str | None, typer.Option("--ray", help="serve on the Ray cluster whose head is at this "
+                                                    "HOST:PORT, with Ray Serve (pip install 'inferd[ray]')")] = None,
+    ray_option: RayOptions = None,
 ) -> None:
     """Serve the models of a repository over HTTP: simple REST and the Open Inference Protocol (V2)."""
     import uvicorn
@@ -477,6 +482,12 @@ def serve(
         )
     except ValidationError as exc:
         raise InferdError(validation_summary(exc, _serve_option)) from None
+    if ray_address:
+        from inferd.deploy.ray import run
+
+        layout = run.parse_options(ray_option or [], http_host=host, http_port=port)
+        return run.run(ray_address, repository, settings, layout,
+                       started=lambda: console.print(f"serving {repository} on Ray Serve at http://{host}:{port}"))
     if grpc_port is not None:
         _check_port_free(host, grpc_port, "--grpc-port")
     handler = logging.StreamHandler()
@@ -512,6 +523,23 @@ def _check_port_free(host: str, port: int, option: str) -> None:
         except OSError as exc:
             raise InferdError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another port with {option}"
                               ) from None
+
+
+deploy_app = typer.Typer(help="Run a repository beyond one process: Ray Serve.", no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("ray")
+def deploy_ray(
+    repository: Annotated[str, typer.Argument(help="model repository: a path or file:// URI that every node reads")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Serve config file to write")] = Path("serve.yaml"),
+    ray_option: RayOptions = None,
+) -> None:
+    """Write a Ray Serve config that serves the repository as `inferd serve` does: `serve run serve.yaml`."""
+    from inferd.deploy.ray import run
+
+    run.write_config(output, repository, ServerSettings(), run.parse_options(ray_option or []))
+    console.print(f"wrote {output}; deploy it with `serve run {output}` or `serve deploy {output}`")
 
 
 export_app = typer.Typer(help="Export a package for other platforms: Core ML for Apple devices.", no_args_is_help=True)

@@ -260,7 +260,7 @@ class ModelRepository:
     def _load_model(self, name: str, path: Path, config: ServingSettings) -> tuple[CompiledModel, BatchInputs | None]:
         """On a worker thread: compile the model and, for a text model, read its tokenizer; `name` is the served name
         that errors about requests use."""
-        model = load(path, compute_units=config.compute_units, precision=config.precision,
+        model = load(path, compute_units=config.compute_units, precision=config.precision, threads=config.threads,
                      streams=config.instances, max_in_flight=self.max_in_flight, warmup_rows=config.max_batch_size)
         return model, TextInputs(model, name=name, chunk_rows=config.max_batch_size) if takes_text(model) else None
 

@@ -47,6 +47,9 @@ class ServingSettings(BaseModel):
     timeout_s: float | None = Field(30.0, gt=0, description="deadline of requests that bring none; None waits without limit")
     precision: Precision = Precision.AUTO
     compute_units: ComputeUnit = ComputeUnit.ALL
+    threads: int | None = Field(None, ge=1, le=1024,
+                                description="intra-op threads of the model; None: every core the process may use "
+                                            "(a Ray replica sets its reserved CPUs)")
 
     @field_validator("instances")
     @classmethod

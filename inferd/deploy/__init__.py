@@ -1,0 +1,1 @@
+"""What runs inferd beyond one process: the Ray Serve application (`inferd.deploy.ray`)."""
