@@ -31,6 +31,8 @@ ImageSource = bytes | bytearray | memoryview | str | os.PathLike[str] | Image.Im
 # The JPEG plugin also opens the multi-picture (MPO) JPEGs that many phones write.
 _PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _SUPPORTED = "JPEG, PNG, WebP, GIF, BMP and TIFF"
+# The same formats as media types, for the API document's image fields.
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff")
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WHITE = (255, 255, 255)
 _BASE64 = re.compile(rb"(data:image/|[A-Za-z0-9+/]{16,}=*$)")

@@ -49,9 +49,11 @@ class LogSettings(logging.Filter):
                     raise InvalidInput(f"{name} must be true or false, not {value!r}")
                 enabled[name] = value
             elif name == "log_verbose_level":
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                # 2.0 is a whole number too (JSON has one number type; JSON Schema's "integer" takes it).
+                whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+                if isinstance(value, bool) or not whole or value < 0:
                     raise InvalidInput(f"log_verbose_level must be a whole number >= 0, not {value!r}")
-                verbose = value
+                verbose = int(value)
             elif name in _FIXED:
                 if value != _FIXED[name]:
                     raise InvalidInput(f"{name} stays {_FIXED[name]!r} in inferd (it logs to stderr, access lines "
