@@ -1,0 +1,149 @@
+"""inferd on Ray Serve against `inferd serve`, on this machine: what Serve's proxy and router cost, and scale from zero.
+
+    .venv/bin/python benchmarks/ray_serve.py            # writes benchmarks/results/ray_serve.json
+
+Both serve EfficientNet-Lite0 with V2 binary tensors (the photographs `_load.write_payloads` prepares), one after
+the other on the same two cores, so neither competes with the other: `inferd serve` with its defaults (one
+instance using every core), then a one-node Ray cluster on 127.0.0.1 with one replica reserving both CPUs (so the
+same threads) behind Serve's HTTP proxy and inferd's router. Closed loops at concurrency 1 and 8 give throughput,
+p50 and p99; the added latency of Serve is the difference of the p50s at concurrency 1.
+
+Scale from zero: the model's deployment at zero replicas, one request; the time to its answer covers Serve's
+autoscaler noticing the request, the replica's start and its model's load from the warm compiled-model cache
+(filled by the runs before), and the inference. Serve's own count of the replica's start (from its creation
+to ready) is read from Ray's metrics exporter.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import _load as L
+
+from inferd.deploy.ray.settings import LOOPBACK_SWITCH, RaySettings
+from inferd.runtime.devices import cpu_features
+from inferd.serve.settings import ServerSettings
+
+APP = "inferd"
+DURATION_S = 10.0
+COLD_TRIALS = 3
+
+
+def main() -> None:
+    args, quiet = L.start_benchmark(L.benchmark_parser(__doc__, "ray_serve.json"))
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="ray-serve-bench-"))
+    repository = work / "models"
+    repository.mkdir()
+    (repository / L.MODEL).symlink_to(args.package.resolve())
+    payloads = L.write_payloads("binary", work / "payloads", args.package)
+    infer = f"/v2/models/{L.MODEL}/infer"
+    result: dict[str, Any] = {"machine": {**L.machine_info(), "cpu_features": list(cpu_features())}, "quiet": quiet,
+                              "duration_s": DURATION_S, "client": args.client}
+    with L.Server(repository, work, access_log=False) as server:
+        result["inferd_serve"] = {f"c{c}": L.run_load(L.closed_spec(server.url + infer, payloads, c, DURATION_S,
+                                                                    client=args.client), work, server) for c in (1, 8)}
+    os.environ[LOOPBACK_SWITCH] = "0"  # before Ray is imported: the node stays on 127.0.0.1
+    import ray
+    from ray import serve
+
+    from inferd.deploy.ray.app import build_app, start_proxies
+
+    metrics_port = L.free_port()
+    ray.init(_node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
+             _metrics_export_port=metrics_port, _system_config={"metrics_report_interval_ms": 500},
+             logging_level="WARNING", log_to_driver=False)
+    try:
+        port = L.free_port()
+        start_proxies(RaySettings(http_port=port, proxy_location="HeadOnly"))
+        url = f"http://{L.HOST}:{port}"
+        quiet_server = ServerSettings(access_log=False)
+        serve.run(build_app(repository, quiet_server, RaySettings(cpus_per_replica=2)), name=APP, route_prefix="/")
+        result["ray_serve"] = {f"c{c}": L.run_load(L.closed_spec(url + infer, payloads, c, DURATION_S,
+                                                                 client=args.client), work) for c in (1, 8)}
+        layout = RaySettings(min_replicas=0, max_replicas=1, cpus_per_replica=2, upscale_delay_s=0, downscale_delay_s=1)
+        serve.run(build_app(repository, quiet_server, layout), name=APP, route_prefix="/")
+        result["scale_from_zero"] = _scale_from_zero(url + infer, payloads[0], metrics_port)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    result["summary"] = _summary(result)
+    result["total_wall_s"] = round(time.time() - started, 1)
+    L.write_json(args.out, result)
+    shutil.rmtree(work, ignore_errors=True)
+    print(result["summary"])
+
+
+def _replicas() -> int:
+    from ray import serve
+
+    return int(serve.status().applications[APP].deployments[L.MODEL].replica_states.get("RUNNING", 0))
+
+
+def _scale_from_zero(url: str, payload: dict[str, Any], metrics_port: int) -> dict[str, Any]:
+    body = Path(payload["path"]).read_bytes()
+    trials = []
+    for _ in range(COLD_TRIALS):
+        deadline = time.monotonic() + 120
+        while _replicas() > 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the deployment did not scale to zero within 120 s")
+            time.sleep(0.2)
+        time.sleep(1)
+        request = urllib.request.Request(url, data=body, method="POST", headers={
+            L.INFERENCE_HEADER: str(payload["header_length"]), "Content-Type": "application/octet-stream"})
+        sent = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            status = answer.status
+            answer.read()
+        trials.append({"status": status, "first_answer_s": round(time.perf_counter() - sent, 3)})
+    time.sleep(2)  # Ray's exporter publishes every 0.5 s
+    text = urllib.request.urlopen(f"http://{L.HOST}:{metrics_port}/metrics", timeout=10).read().decode()
+    startup = _histogram(text, "ray_serve_replica_startup_latency_ms")
+    initialization = _histogram(text, "ray_serve_replica_initialization_latency_ms")
+    return {"trials": trials, "replica_startup_mean_ms": startup, "replica_initialization_mean_ms": initialization}
+
+
+def _histogram(text: str, name: str) -> float | None:
+    """The mean of a Ray histogram over the model's deployment (the router's replica is left out)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums = counts = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("deployment") != L.MODEL:
+                continue
+            if sample.name == f"{name}_sum":
+                sums += sample.value
+            elif sample.name == f"{name}_count":
+                counts += sample.value
+    return round(sums / counts, 1) if counts else None
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for c in ("c1", "c8"):
+        ours, theirs = result["ray_serve"][c], result["inferd_serve"][c]
+        summary[c] = {
+            "inferd_serve": {"rps": theirs["throughput_rps"], "p50_ms": theirs["latency_ms"]["p50"],
+                             "p99_ms": theirs["latency_ms"]["p99"]},
+            "ray_serve": {"rps": ours["throughput_rps"], "p50_ms": ours["latency_ms"]["p50"],
+                          "p99_ms": ours["latency_ms"]["p99"]},
+            "throughput_ratio": round(ours["throughput_rps"] / theirs["throughput_rps"], 3),
+        }
+    summary["added_latency_c1_p50_ms"] = round(summary["c1"]["ray_serve"]["p50_ms"] - summary["c1"]["inferd_serve"]["p50_ms"],
+                                               3)
+    cold = result["scale_from_zero"]
+    summary["scale_from_zero_first_answer_s"] = [t["first_answer_s"] for t in cold["trials"]]
+    summary["replica_startup_mean_ms"] = cold["replica_startup_mean_ms"]
+    return summary
+
+
+if __name__ == "__main__":
+    main()
