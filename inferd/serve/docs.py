@@ -19,8 +19,9 @@ DOCS = "/docs"
 REDOC = "/redoc"
 ASSETS = "/docs/assets"
 OAUTH2_REDIRECT = "/docs/oauth2-redirect"
-# Paths a browser fetches to show the docs; the API key leaves them open, as it does the document itself.
-OPEN_PREFIX = f"{DOCS}/"
+_BUNDLES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+# What a browser fetches to show the docs: the API key leaves it open, as it does the document itself.
+OPEN_PATHS = (DOCS, REDOC, OAUTH2_REDIRECT, *(f"{ASSETS}/{name}" for name in _BUNDLES))
 
 
 def install(app: FastAPI) -> None:
