@@ -525,8 +525,39 @@ def _check_port_free(host: str, port: int, option: str) -> None:
                               ) from None
 
 
-deploy_app = typer.Typer(help="Run a repository beyond one process: Ray Serve.", no_args_is_help=True)
+deploy_app = typer.Typer(help="Run a repository beyond one process: Ray Serve, or a bundle for systemd, launchd, "
+                                "Docker, nginx and Kubernetes/KServe.", no_args_is_help=True)
 app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("bundle")
+def deploy_bundle(
+    repository: Annotated[Path, typer.Argument(help="model repository directory")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="directory to write the bundle into")] = Path("deploy"),
+    host: Annotated[str, typer.Option(help="address each backend binds")] = _SERVER["host"].default,
+    port: Annotated[int, typer.Option(help="HTTP port (backend i uses port + i)")] = 8000,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (backend i uses grpc-port + i)")] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body")] = _SERVER["max_body_bytes"].default,
+    timeout: Annotated[float, typer.Option(help="default request deadline in seconds")] = _MODEL["timeout_s"].default,
+    instances: Annotated[int, typer.Option(help="concurrent executions per model")] = _MODEL["instances"].default,
+    max_memory: Annotated[str | None, typer.Option(help="memory budget for loaded models, e.g. 4G")] = None,
+    backends: Annotated[int, typer.Option(help="inferd processes behind nginx")] = 3,
+    rate: Annotated[int, typer.Option(help="requests/s per client address before nginx answers 429")] = 100,
+) -> None:
+    """Write service files, a container, nginx and Kubernetes/KServe manifests that serve the repository."""
+    from pydantic import ValidationError
+
+    from inferd.deploy import bundle
+
+    try:
+        settings = ServerSettings(repository=repository, host=host, port=port, grpc_port=grpc_port,
+                                  max_body_bytes=max_body_bytes, max_memory_bytes=_parse_size(max_memory) if max_memory else None,
+                                  models=ServingSettings(timeout_s=timeout, instances=instances))
+    except ValidationError as exc:
+        raise InferdError(validation_summary(exc, _serve_option)) from None
+    balancer = bundle.balancer_for(settings, backends, rate_per_s=rate, burst=2 * rate)
+    for path in bundle.write_bundle(repository, output, settings, balancer):
+        console.print(f"wrote {path}")
 
 
 @deploy_app.command("ray")
