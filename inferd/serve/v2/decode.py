@@ -14,11 +14,10 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from inferd.errors import InvalidInput
-from inferd.serve.v2.json_values import as_object, describe
+from inferd.serve.v2.json_values import as_object, describe, loads
 from inferd.serve.v2.request import request_parameters, requested_output, unique_inputs, unique_outputs
 from inferd.serve.v2.tensors import (
     DEFAULT_MAX_ELEMENTS,
@@ -69,7 +68,12 @@ def _json_length(header_length: int | str | None, body_size: int) -> int:
         return body_size
     if isinstance(header_length, str):
         text = header_length.strip()
-        value = int(text) if text.isascii() and text.isdigit() else -1
+        digits = text.isascii() and text.isdigit()
+        if digits and len(text) > len(str(body_size)):  # longer than the body whatever its value: never converted
+            raise InvalidInput(f"the {INFERENCE_HEADER} header is a {len(text)}-digit number but the whole body is "
+                               f"{body_size} bytes; set it to the length of the JSON alone, which the binary tensor "
+                               "data follows")
+        value = int(text) if digits else -1
     else:
         value = header_length if isinstance(header_length, int) and not isinstance(header_length, bool) else -1
     if value < 0:
@@ -86,23 +90,14 @@ def _json_length(header_length: int | str | None, body_size: int) -> int:
 
 
 def _parse_json(raw: bytes, split: bool) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
+    def hint(reason: str) -> str:
         if split:
-            hint = f"the JSON part is the first {len(raw)} bytes of the body, as the {INFERENCE_HEADER} header says"
-        elif exc.msg == "Extra data":
-            hint = f"if binary tensor data follows the JSON, send the {INFERENCE_HEADER} header with the JSON's length"
-        else:
-            hint = "send a JSON object as the Open Inference Protocol describes"
-        raise InvalidInput(
-            f"the request is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} "
-            f"(character {exc.pos}); {hint}"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"the request JSON is not valid UTF-8 (at byte {exc.start}); encode it as UTF-8") from None
-    except RecursionError:
-        raise InvalidInput("the request JSON nests arrays or objects too deeply to parse") from None
+            return f"the JSON part is the first {len(raw)} bytes of the body, as the {INFERENCE_HEADER} header says"
+        if reason.startswith("Extra data"):
+            return f"if binary tensor data follows the JSON, send the {INFERENCE_HEADER} header with the JSON's length"
+        return "send a JSON object as the Open Inference Protocol describes"
+
+    return loads(raw, "the request", hint)
 
 
 class _BinaryPart:
