@@ -33,6 +33,8 @@ def image_spec(entry: ModelEntry) -> ImageType:
 
 
 def decode_batch(entry: ModelEntry, images: Sequence[bytes], max_pixels: int) -> np.ndarray:
+    """Refuses too many images before decoding any, as the batcher refuses too many rows of any other input."""
+    entry.config.check_rows(len(images), "images")
     spec = image_spec(entry)
     tensors = []
     for index, data in enumerate(images):

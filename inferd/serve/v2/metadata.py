@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from inferd import __version__
 from inferd.errors import InvalidInput
+from inferd.runtime import devices
 from inferd.serve.repository import ModelEntry, ModelRepository
 from inferd.serve.v2.json_values import as_object, parse_object
 from inferd.serve.v2.types import datatype_of
 from inferd.types import ImageType
+from inferd.version import __version__
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics", "logging"]
 
@@ -85,8 +86,8 @@ def triton_config(entry: ModelEntry) -> dict[str, Any]:
         "max_batch_size": max_batch,
         "input": [tensor(s) for s in manifest.inputs],
         "output": [tensor(s) for s in manifest.outputs],
-        "instance_group": [{"name": entry.name, "kind": "KIND_CPU" if "CPU" in entry.model.load_info.device.upper()
-                            else "KIND_GPU", "count": entry.config.instances}],
+        "instance_group": [{"name": entry.name, "kind": _instance_kind(entry.model.load_info.device),
+                            "count": entry.config.instances}],
         "parameters": {"precision": {"string_value": entry.model.load_info.precision},
                        "precision_choice": {"string_value": entry.model.load_info.precision_choice.get("reason", "")}},
     }
@@ -106,6 +107,7 @@ _DESCRIPTIVE = frozenset({"name", "platform", "backend", "runtime", "version_pol
                           "default_model_filename"})
 _BATCHING = frozenset({"max_queue_delay_microseconds", "preferred_batch_size", "default_queue_policy"})
 _QUEUE_POLICY = frozenset({"max_queue_size", "default_timeout_microseconds"})
+_INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL")
 
 
 def serving_overrides(model: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -151,8 +153,26 @@ def serving_overrides(model: str, parameters: Mapping[str, Any]) -> dict[str, An
     if groups is not None:
         if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
             raise InvalidInput("instance_group must be a list of objects such as {\"count\": 2, \"kind\": \"KIND_CPU\"}")
+        _check_instance_kinds(groups)
         overrides["instances"] = sum(_number(g.get("count", 1), "an instance group's count") for g in groups)
     return overrides
+
+
+def _instance_kind(device: str) -> str:
+    """Triton's name for where the model runs; KIND_MODEL (the model decides) for what Triton has no kind for."""
+    device = device.upper()
+    return "KIND_CPU" if "CPU" in device else "KIND_GPU" if "GPU" in device else "KIND_MODEL"
+
+
+def _check_instance_kinds(groups: list[dict[str, Any]]) -> None:
+    """A kind that cannot hold is refused rather than ignored: KIND_GPU on a machine whose backends reach no GPU."""
+    kinds = [group.get("kind", "KIND_AUTO") for group in groups]
+    for kind in kinds:
+        if kind not in _INSTANCE_KINDS:
+            raise InvalidInput(f"instance_group kind {json.dumps(kind)} is not one of {', '.join(_INSTANCE_KINDS)}")
+    if "KIND_GPU" in kinds and not any(device.kind == "gpu" for device in devices()):
+        raise InvalidInput("instance_group kind KIND_GPU: no backend on this machine reaches a GPU (`inferd devices` "
+                           "lists what they reach); use KIND_CPU or KIND_AUTO")
 
 
 def check_unload_parameters(parameters: Mapping[str, Any]) -> None:
