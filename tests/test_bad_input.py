@@ -251,4 +251,4 @@ def test_still_serving_after_corpus(guarded: LiveServer, chelsea_png: bytes) -> 
     assert ok.status_code == 200
     assert {p["label"] for p in ok.json()["predictions"]} & CAT_LABELS
     assert httpx.get(f"{guarded.url}/health").status_code == 200  # open without a key
-    assert httpx.get(f"{guarded.url}/metrics").status_code == 200
+    assert httpx.get(f"{guarded.url}/metrics", headers=AUTH).status_code == 200  # metrics need the key

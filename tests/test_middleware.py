@@ -124,9 +124,12 @@ def test_api_key_accepted_in_either_header(secured: Live, headers: dict[str, str
     assert response.status_code == 200 and response.content == b"hi"
 
 
-def test_health_and_metrics_are_open(secured: Live) -> None:
+def test_health_is_open_and_metrics_need_the_key(secured: Live) -> None:
+    """/metrics lists models and their traffic: behind the key (or on --metrics-port, see test_drain.py)."""
     assert httpx.get(f"{secured.url}/health").json() == {"status": "ok"}
-    assert httpx.get(f"{secured.url}/metrics").status_code == 200
+    assert httpx.get(f"{secured.url}/metrics").status_code == 401
+    scraped = httpx.get(f"{secured.url}/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    assert scraped.status_code == 200 and "inferd_requests_total" in scraped.text
 
 
 def test_empty_api_key_is_refused() -> None:

@@ -189,7 +189,8 @@ class ServerMetrics:
 
 
 def metrics_router(metrics: ServerMetrics) -> APIRouter:
-    """`GET /metrics`, for the app to mount beside its faces (the API key leaves it open, as scrapers expect)."""
+    """`GET /metrics`, for an app to mount: the server's own (behind the API key when it has one) or the
+    metrics port's."""
     router = APIRouter(tags=["monitoring"])
 
     # async: the callbacks then run on the event loop, the thread that owns the batch queues they read.

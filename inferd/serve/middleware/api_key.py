@@ -1,4 +1,9 @@
-"""The API key on the HTTP face: every path but the open ones needs it."""
+"""The API key on the HTTP face: every path but the open ones needs it.
+
+`/metrics` is not open: it lists the models and their traffic. Prometheus sends the key (`authorization` in its
+scrape config), or scrapes `--metrics-port`, which serves only the metrics, without the key, on a port that can
+stay private.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from inferd.serve.access import UNAUTHORIZED, presents_key
 from inferd.serve.responses import json_error
 
-OPEN_PATHS = ("/health", "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json", "/redoc")
+OPEN_PATHS = ("/health", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json", "/redoc")
 
 
 class ApiKeyMiddleware:
-    """Requires the API key on every path but the open ones (health probes, metrics, docs)."""
+    """Requires the API key on every path but the open ones (health probes and docs)."""
 
     def __init__(self, app: ASGIApp, api_key: str | None, open_paths: Sequence[str] = OPEN_PATHS) -> None:
         if api_key == "":
