@@ -91,16 +91,17 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """uvicorn serving the real app on 127.0.0.1 in a background thread."""
+    """uvicorn serving the real app on 127.0.0.1 in a background thread, configured as `inferd serve` runs it."""
 
     def __init__(self, settings: object, *, start_timeout_s: float = 60) -> None:
         import uvicorn
 
         from inferd.serve import create_app
+        from inferd.serve.process import uvicorn_config
 
         self.port = free_port()
         self.app = create_app(settings)  # type: ignore[arg-type]
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn_config(self.app, settings, host="127.0.0.1", port=self.port, log_level="warning")  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.start_timeout_s = start_timeout_s  # loading compiles every model in the repository first

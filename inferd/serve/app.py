@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inferd import __version__
 from inferd.errors import InferdError, NotReady, Overloaded
-from inferd.serve import rest
+from inferd.serve import docs, openapi, rest
 from inferd.serve.log_settings import LogSettings
+from inferd.serve.methods import method_not_allowed
 from inferd.serve.metrics.series import ServerMetrics, metrics_router
-from inferd.serve.middleware.api_key import ApiKeyMiddleware
+from inferd.serve.middleware.api_key import OPEN_PATHS, ApiKeyMiddleware
 from inferd.serve.middleware.body_limit import BodyLimitMiddleware
 from inferd.serve.middleware.cors import CorsMiddleware
 from inferd.serve.middleware.encoding import ContentEncodingMiddleware
@@ -34,12 +34,12 @@ from inferd.serve.responses import json_error
 from inferd.serve.settings import ServerSettings
 from inferd.serve.v2 import http as v2
 from inferd.serve.v2.shared_memory import SystemSharedMemory
+from inferd.version import __version__
 
 if TYPE_CHECKING:
     from inferd.serve.v2.grpc.server import GrpcFace
 
 log = logging.getLogger("inferd.serve")
-GRPC_DRAIN_S = 30.0
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -54,40 +54,58 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         app.state.log_settings.install()
         grpc_face = (await _start_grpc(app, repository, settings, settings.grpc_port, metrics)
                      if settings.grpc_port is not None else None)
+        app.state.grpc_face = grpc_face
         await _initial_load(repository, settings)
-        app.state.ready = True
-        if grpc_face is not None:
+        app.state.ready = not app.state.draining  # a SIGTERM while loading: never ready
+        if grpc_face is not None and app.state.ready:
             grpc_face.health.serving()
         poller = (asyncio.create_task(repository.poll_forever(settings.poll_interval_s))
                   if settings.model_control == "poll" else None)
         try:
             yield
         finally:
-            app.state.ready = False
+            begin_drain(app)
             if poller:
                 poller.cancel()
-            if grpc_face is not None:
-                await grpc_face.stop(GRPC_DRAIN_S)
+            if app.state.grpc_stopped is not None:
+                await app.state.grpc_stopped
             await repository.close()
             app.state.shared_memory.close()
             app.state.log_settings.uninstall()
 
     app = FastAPI(
-        title="inferd", version=__version__, lifespan=lifespan,
+        title="inferd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Model inference server: a simple REST face for images and the Open Inference Protocol (V2).",
     )
     app.state.settings = settings
-    app.state.ready = False
+    app.state.ready = app.state.draining = False
+    app.state.grpc_face = app.state.grpc_stopped = None
     app.state.shared_memory = SystemSharedMemory(settings.allow_shared_memory, max_read_bytes=settings.max_body_bytes)
     app.state.log_settings = LogSettings()
     app.include_router(rest.router)
     app.include_router(v2.router)
     app.router.routes[:0] = v2.fast_infer_routes()
+    docs.install(app)
+    openapi.install(app, settings, open_paths=OPEN_PATHS)
     install(app, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
             cors_origins=settings.cors_origins, metrics=metrics, log_requests=settings.access_log,
             body_timeout_s=settings.body_timeout_s)
     _install_error_handlers(app)
     return app
+
+
+def begin_drain(app: FastAPI) -> None:
+    """What SIGTERM does at once (and the shutdown, when no signal did): readiness goes off on every face (HTTP 503,
+    gRPC NOT_SERVING), and the gRPC face stops taking calls and gives those it took `drain_timeout_s` to finish.
+
+    The HTTP face stops taking connections in uvicorn's shutdown, which waits as long for its requests.
+    """
+    state = app.state
+    if state.draining:
+        return
+    state.draining, state.ready = True, False
+    if state.grpc_face is not None:
+        state.grpc_stopped = asyncio.ensure_future(state.grpc_face.stop(state.settings.drain_timeout_s))
 
 
 def install(app: FastAPI, *, api_key: str | None, max_body_bytes: int, cors_origins: list[str] | None,
@@ -105,7 +123,7 @@ def install(app: FastAPI, *, api_key: str | None, max_body_bytes: int, cors_orig
     # Starlette puts each added middleware outside the ones before it: add innermost first.
     app.add_middleware(HeadMiddleware)
     app.add_middleware(ContentEncodingMiddleware, max_body_bytes=max_body_bytes)
-    app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=(*OPEN_PATHS, *docs.OPEN_PATHS))
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
     if cors_origins:
         app.add_middleware(CorsMiddleware, allow_origins=cors_origins)
@@ -126,7 +144,8 @@ async def _start_grpc(app: FastAPI, repository: ModelRepository, settings: Serve
         max_image_pixels=settings.max_image_pixels, log_requests=settings.access_log,
         log_settings=app.state.log_settings)
     face = await server.start(
-        service, settings.host, port, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes)
+        service, settings.host, port, api_key=settings.api_key, max_message_bytes=settings.max_body_bytes,
+        max_connections=settings.max_connections, handshake_timeout_s=settings.head_timeout_s)
     app.state.grpc_port = face.port
     log.info("serving the Open Inference Protocol over gRPC on %s:%d", settings.host, face.port)
     return face
@@ -157,12 +176,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return json_error(400, describe_validation_errors(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = str(exc.detail)
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}; the API is listed at /docs"
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}; the API is listed at /docs"
+            return method_not_allowed(request)
         return json_error(exc.status_code, message, exc.headers)
 
     @app.exception_handler(Exception)

@@ -78,16 +78,19 @@ class GrpcFace:
 
 
 async def start(service: InferenceService, host: str, port: int, *, api_key: str | None,
-                max_message_bytes: int) -> GrpcFace:
+                max_message_bytes: int, max_connections: int, handshake_timeout_s: float) -> GrpcFace:
     """Serve on host:port (0 picks a free port); health reports on the whole server ("") and the V2 service.
 
     SO_REUSEPORT is off (grpcio turns it on by default): a second server on the same port must fail, not
-    silently share the port's connections with the first.
+    silently share the port's connections with the first. The HTTP face's guards hold here too: past
+    `max_connections` a connection is closed at once, and one that has not finished its HTTP/2 handshake within
+    `handshake_timeout_s` (grpcio waits 120 s) is closed.
     """
     server = grpc.aio.server(
         interceptors=[_ApiKey(api_key)] if api_key else None,
         options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", -1),
-                 ("grpc.so_reuseport", 0)],
+                 ("grpc.so_reuseport", 0), ("grpc.max_allowed_incoming_connections", max_connections),
+                 ("grpc.server_handshake_timeout_ms", round(handshake_timeout_s * 1000))],
     )
     server.add_generic_rpc_handlers((_handlers(service),))
     health = HealthService(("", SERVICE))
