@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from inferd.deploy import bundle
 from inferd.serve.settings import ServerSettings
-from tests.conftest import free_port
+from tests.conftest import CAT_LABELS, free_port, top_label
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (.ci/run installs it)")
 
@@ -37,7 +38,7 @@ class Backend:
     """One `inferd serve` process, as a unit or a container would start it."""
 
     def __init__(self, repository: Path, port: int, log: Path) -> None:
-        self.repository, self.port, self.log = repository, port, log
+        self.repository, self.port, self.grpc_port, self.log = repository, port, free_port(), log
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +49,8 @@ class Backend:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "inferd", "serve", str(self.repository), "--host", "127.0.0.1",
-                 "--port", str(self.port), "--drain-timeout", "10", "--no-access-log"], stdout=log, stderr=log)
+                 "--port", str(self.port), "--grpc-port", str(self.grpc_port), "--drain-timeout", "10",
+                 "--no-access-log"], stdout=log, stderr=log)
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -118,10 +120,12 @@ def backends(default_repository: Path, tmp_path_factory: pytest.TempPathFactory)
 def balancer(backends: list[Backend], prefix: Path, **limits: int) -> Nginx:
     settings = ServerSettings(host="127.0.0.1", port=backends[0].port)
     config = bundle.render_nginx(settings, bundle.BalancerSettings(
-        tuple(bundle.Backend("127.0.0.1", b.port) for b in backends), listen_port=free_port(), **limits))
+        tuple(bundle.Backend("127.0.0.1", b.port, b.grpc_port) for b in backends), listen_port=free_port(),
+        listen_grpc_port=free_port(), **limits))
     nginx = Nginx(prefix, config)
     port = re.search(r"listen 127\.0\.0\.1:(\d+);", config).group(1)  # type: ignore[union-attr]
     nginx.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    nginx.grpc = "127.0.0.1:" + re.search(r"listen 127\.0\.0\.1:(\d+) http2;", config).group(1)  # type: ignore[union-attr,attr-defined]
     wait_listening(nginx.url)  # type: ignore[attr-defined]
     return nginx
 
@@ -211,3 +215,24 @@ def test_the_rate_limit_answers_429_with_retry_after(backends: list[Backend], tm
     assert answers[0].status_code == 200 and len(limited) >= 3
     assert all(a.headers["retry-after"] == "1" and "too many requests" in a.json()["error"] for a in limited)
 
+
+
+def test_grpc_goes_through_nginx_over_http2(backends: list[Backend], chelsea_tensor: np.ndarray, tmp_path: Path) -> None:
+    """The bundle's grpc_pass listener: V2 over gRPC through nginx, spread over the backends' gRPC ports."""
+    import tritonclient.grpc as triton
+
+    nginx = balancer(backends, tmp_path, rate_per_s=10_000, burst=10_000)
+    try:
+        client = triton.InferenceServerClient(nginx.grpc)  # type: ignore[attr-defined]
+        assert client.is_server_ready()
+        image = triton.InferInput("image", list(chelsea_tensor.shape), "FP32")
+        image.set_data_from_numpy(chelsea_tensor)
+        labels = {top_label(client.infer(MODEL, [image]).as_numpy("logits")[0]) for _ in range(6)}
+        log = nginx.access_log()
+    finally:
+        nginx.stop()
+    assert labels <= CAT_LABELS and labels
+    infers = [line for line in log if "ModelInfer HTTP/2.0" in line]
+    assert len(infers) == 6 and all(" 200 " in line for line in infers)
+    used = {re.search(r"upstream=(\S+)", line).group(1) for line in infers}  # type: ignore[union-attr]
+    assert used <= {f"127.0.0.1:{b.grpc_port}" for b in backends} and len(used) >= 2  # round robin
