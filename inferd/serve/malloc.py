@@ -2,13 +2,12 @@
 
 glibc keeps freed blocks in its arenas for reuse, and a request's buffers (a
 600 KB image tensor, the merged batch, the engine's outputs) leave holes that
-it rarely returns: under a 4x overload the server's RSS rose 36 MiB in its first
-second and stayed there, and `malloc_trim` gave all of it back (in 0.2 ms).
+it rarely returns: under overload the server's RSS rises in its first second
+and stays there, and `malloc_trim` gives all of it back, quickly
+(benchmarks/results/overload.json, "notes").
 
 Trimming has a price in steady traffic, though: the next requests' buffers land
-on pages the kernel must fault in again, 32 faults per 600 KB request at
-concurrency 1 (about 0.1 ms on this virtual machine) and 76 at concurrency 8.
-So the trimmer trims only when the resident set has grown by more than
+on pages the kernel must fault in again. So the trimmer trims only when the resident set has grown by more than
 `keep_bytes` since the last trim: a burst's surplus goes back, the working set
 of ordinary traffic stays mapped. (glibc's own count of the free bytes it holds
 cannot decide this: chunks already given back stay in it.)
@@ -39,7 +38,7 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def resident_bytes() -> int:
-    """This process's resident set, from /proc (Linux, where the trimmer works): about 10 us to read."""
+    """This process's resident set, from /proc (Linux, where the trimmer works): cheap enough to read per request."""
     with open("/proc/self/statm", "rb") as statm:
         return int(statm.read().split()[1]) * _PAGE_BYTES
 

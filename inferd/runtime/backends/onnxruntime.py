@@ -6,8 +6,8 @@ once and the result is saved, so a later load skips them.
 Streams are separate sessions, each with its share of the threads, like
 OpenVINO's: concurrent runs on one session would share one intra-op pool and
 wait at each other's barriers, while a single-threaded session per core keeps
-every core busy with no synchronisation at all (measured on EfficientNet-Lite0,
-2 cores, batch 4: 177 img/s against 144 for one 2-thread session without spinning).
+every core busy with no synchronisation at all (the figures are in
+benchmarks/results/engine-efficientnet-lite0.json, "notes").
 """
 
 from __future__ import annotations
@@ -127,8 +127,7 @@ def _session(source: Path, device: Device, threads: int, spin: bool, *, optimize
     session_options.inter_op_num_threads = 1
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     # Memory patterns are planned and kept per input shape, so with a dynamic batch every new batch size
-    # takes more memory for good: EfficientNet-Lite0 grew 19 MiB over batch sizes 1-8 with them, 3 MiB
-    # without, at the same speed (27.8 against 28.4 ms at batch 4).
+    # takes more memory for good, at no gain in speed (benchmarks/results/engine-efficientnet-lite0.json, "notes").
     session_options.enable_mem_pattern = False
     session_options.graph_optimization_level = (onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                                 else onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL)

@@ -106,8 +106,8 @@ class _StallWatch:
     """Interrupts a body read that has waited `timeout_s` since the body last moved.
 
     One timer per request, moved along only when it comes due, rather than a
-    timeout around every read: `asyncio.timeout` cost 7 to 9 us per chunk, this
-    costs two clock reads. On a stall it cancels the request's task, whose only
+    timeout around every read: `asyncio.timeout` costs a timer handle per chunk,
+    this costs two clock reads. On a stall it cancels the request's task, whose only
     pending await is then the read; `stalled` tells that cancellation from one
     by anyone else, which must pass through.
     """

@@ -25,9 +25,9 @@ from inferd.serve.responses import json_error
 # Content-Encoding token -> zlib's wbits for that container (RFC 9110: deflate is the zlib format).
 _WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
 _MIN_COMPRESSED_BYTES = 512  # below this, the gzip header and the CPU cost more than the bytes saved
-# Level 1, as nginx uses: 1000 logits as JSON (20 KB) shrink 2.0x in 0.26 ms, where level 6 gives 2.1x in 0.8 ms.
+# Level 1, as nginx uses: on JSON logits it saves nearly what level 6 saves, in a third of the time.
 _LEVEL = 1
-# JSON and text shrink 2 to 3x; binary tensors (random-looking floats) barely shrink, so compressing them only costs CPU.
+# JSON and text shrink well; binary tensors (random-looking floats) barely shrink, so compressing them only costs CPU.
 _COMPRESSIBLE_TYPES = ("application/json", "text/")
 
 

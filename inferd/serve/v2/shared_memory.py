@@ -1,6 +1,6 @@
 """Triton's system shared-memory extension: clients on this machine pass tensors through POSIX shared memory.
 
-A 600 KB image tensor costs the event loop about 0.2 ms to receive over HTTP and the client as much to send;
+An image tensor costs the event loop time to receive over HTTP and the client as much to send;
 through a registered region only a few hundred bytes of JSON cross the socket, and the tensor is copied once.
 
 Decisions worth knowing:
