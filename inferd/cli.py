@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -451,6 +450,17 @@ def serve(
     )] = _SERVER["allow_shared_memory"].default,
     grpc_port: Annotated[int | None, typer.Option(
         help="also serve V2 over gRPC on this port (Triton uses 8001)")] = _SERVER["grpc_port"].default,
+    metrics_port: Annotated[int | None, typer.Option(help=_SERVER["metrics_port"].description)] = None,
+    max_request_rows: Annotated[int, typer.Option(
+        help=_MODEL["max_request_rows"].description)] = _MODEL["max_request_rows"].default,
+    max_connections: Annotated[int, typer.Option(
+        help=_SERVER["max_connections"].description)] = _SERVER["max_connections"].default,
+    head_timeout: Annotated[float, typer.Option(
+        help=_SERVER["head_timeout_s"].description)] = _SERVER["head_timeout_s"].default,
+    keep_alive_timeout: Annotated[float, typer.Option(
+        help=_SERVER["keep_alive_timeout_s"].description)] = _SERVER["keep_alive_timeout_s"].default,
+    drain_timeout: Annotated[float, typer.Option(
+        help=_SERVER["drain_timeout_s"].description)] = _SERVER["drain_timeout_s"].default,
     compute_units: ComputeUnitsOpt = _MODEL["compute_units"].default,
     precision: PrecisionOpt = _MODEL["precision"].default,
     ray_address: Annotated[str | None, typer.Option("--ray", help="serve on the Ray cluster whose head is at this "
@@ -458,10 +468,9 @@ def serve(
     ray_option: RayOptions = None,
 ) -> None:
     """Serve the models of a repository over HTTP: simple REST and the Open Inference Protocol (V2)."""
-    import uvicorn
     from pydantic import ValidationError
 
-    from inferd.serve import create_app
+    from inferd.serve import process
 
     if not repository.is_dir():
         raise InferdError(f"{repository} is not a directory; run `inferd prepare {repository}` first")
@@ -474,11 +483,13 @@ def serve(
             load_models=load_model or [], poll_interval_s=poll_interval,
             models=ServingSettings(max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
                                    max_queue_size=max_queue_size, instances=instances, timeout_s=timeout,
-                                   compute_units=compute_units, precision=precision),
+                                   max_request_rows=max_request_rows, compute_units=compute_units, precision=precision),
             max_memory_bytes=_parse_size(max_memory) if max_memory else None, max_body_bytes=max_body_bytes,
             body_timeout_s=body_timeout,
             api_key=api_key, cors_origins=cors_origin or [], access_log=access_log,
-            allow_shared_memory=allow_shared_memory, grpc_port=grpc_port,
+            allow_shared_memory=allow_shared_memory, grpc_port=grpc_port, metrics_port=metrics_port,
+            max_connections=max_connections, head_timeout_s=head_timeout, keep_alive_timeout_s=keep_alive_timeout,
+            drain_timeout_s=drain_timeout,
         )
     except ValidationError as exc:
         raise InferdError(validation_summary(exc, _serve_option)) from None
@@ -488,41 +499,34 @@ def serve(
         layout = run.parse_options(ray_option or [], http_host=host, http_port=port)
         return run.run(ray_address, repository, settings, layout,
                        started=lambda: console.print(f"serving {repository} on Ray Serve at http://{host}:{port}"))
-    if grpc_port is not None:
-        _check_port_free(host, grpc_port, "--grpc-port")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("inferd").addHandler(handler)
     logging.getLogger("inferd").setLevel(logging.INFO)  # one JSON access line per request, plus model loads
-    base = f"http://{host}:{port}"
-    console.print(f"serving {repository} on [bold]{base}[/bold]  (API docs: {base}/docs)")
-    console.print(f"  try: curl -F image=@photo.jpg {base}/predict")
-    console.print(f"       curl -d '[\"a cat\", \"a kitten\"]' {base}/embed")
-    if grpc_port is not None:
-        console.print(f"  gRPC (Open Inference Protocol, as tritonclient.grpc speaks it): {host}:{grpc_port}")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
-                timeout_graceful_shutdown=30)
+
+    def announce(bound: int) -> None:
+        base = f"http://{host}:{bound}"
+        console.print(f"serving {repository} on [bold]{base}[/bold] once its models load  (API docs: {base}/docs)")
+        console.print(f"  try: curl -F image=@photo.jpg {base}/predict")
+        console.print(f"       curl -d '[\"a cat\", \"a kitten\"]' {base}/embed")
+        if grpc_port is not None:
+            console.print(f"  gRPC (Open Inference Protocol, as tritonclient.grpc speaks it): {host}:{grpc_port}")
+        if metrics_port is not None:
+            console.print(f"  metrics (Prometheus, no API key): http://{host}:{metrics_port}/metrics")
+
+    process.run(settings, announce)
 
 
 # Settings fields whose command-line option is not the field's own name in kebab case.
 _SERVE_FLAGS = {"poll_interval_s": "--poll-interval", "timeout_s": "--timeout", "body_timeout_s": "--body-timeout",
+                "head_timeout_s": "--head-timeout", "keep_alive_timeout_s": "--keep-alive-timeout",
+                "drain_timeout_s": "--drain-timeout",
                 "max_memory_bytes": "--max-memory", "load_models": "--load-model", "cors_origins": "--cors-origin"}
 
 
 def _serve_option(location: tuple[int | str, ...]) -> str:
     field = str(location[-1])
     return _SERVE_FLAGS.get(field, "--" + field.replace("_", "-"))
-
-
-def _check_port_free(host: str, port: int, option: str) -> None:
-    """Fail before loading any model, with the option to change, rather than in a traceback after."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: a closing one's port is free
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise InferdError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another port with {option}"
-                              ) from None
 
 
 deploy_app = typer.Typer(help="Run a repository beyond one process: Ray Serve, or a bundle for systemd, launchd, "

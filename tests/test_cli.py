@@ -64,6 +64,7 @@ def test_user_error_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("option", "value", "complaint"), [
     ("--body-timeout", "0", "greater than 0"), ("--max-batch-size", "0", "greater than or equal to 1"),
     ("--poll-interval", "-1", "greater than 0"), ("--grpc-port", "70000", "less than or equal to 65535"),
+    ("--max-queue-size", str(2**64), "less than or equal to 65536"), ("--head-timeout", "nan", "a finite number"),
 ])
 def test_serve_names_the_option_out_of_range(default_repository: Path, option: str, value: str, complaint: str) -> None:
     result = inferd("serve", str(default_repository), option, value)

@@ -6,12 +6,12 @@ lives in the V2 face; both share the repository and the paths in `images.py` and
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from inferd.errors import InvalidInput, ModelNotFound
@@ -21,13 +21,11 @@ from inferd.serve import text
 from inferd.serve.disconnect import when_client_gone
 from inferd.serve.images import classify
 from inferd.serve.repository import ModelRepository
-from inferd.serve.settings import ServerSettings
+from inferd.serve.settings import MAX_TIMEOUT_S, ServerSettings
+from inferd.serve.v2.json_values import loads
 from inferd.types import ImageType
 
 router = APIRouter(tags=["simple REST"])
-
-MAX_ITEMS_PER_REQUEST = 256
-"""Images or texts in one request: larger batches gain nothing over several requests and hold the queue up."""
 
 
 class Label(BaseModel):
@@ -103,13 +101,17 @@ def _default_model_name(request: Request, serves: Callable[[CompiledModel], bool
 
 
 TopK = Annotated[int, Query(ge=1, le=1000, description="how many labels to return")]
-TimeoutMs = Annotated[float | None, Query(gt=0, description="deadline in milliseconds (default: the model's)")]
+TimeoutMs = Annotated[float | None, Query(gt=0, le=MAX_TIMEOUT_S * 1000, allow_inf_nan=False,
+                                          description="deadline in milliseconds (default: the model's)")]
 
 
 @router.get("/health")
-async def health(request: Request) -> dict[str, object]:
-    ready = getattr(request.app.state, "ready", False)
-    return {"status": "ok" if ready else "loading", "models": _repository(request).names()}
+async def health(request: Request) -> JSONResponse:
+    """200 while serving, 503 while loading or draining, so a balancer stops sending work; open without the API
+    key, so it names no model (GET /models does, with the key)."""
+    state = request.app.state
+    status = "ok" if state.ready else "draining" if getattr(state, "draining", False) else "loading"
+    return JSONResponse({"status": status}, status_code=200 if status == "ok" else 503)
 
 
 @router.get("/models")
@@ -169,8 +171,6 @@ async def predict_batch(
     started = time.perf_counter()
     entry = _repository(request).get(model)
     settings = _settings(request)
-    if len(images) > MAX_ITEMS_PER_REQUEST:
-        raise InvalidInput(f"{len(images)} images in one batch; send at most {MAX_ITEMS_PER_REQUEST} per request")
     payloads = [await upload.read() for upload in images]
     ranked = await classify(entry, payloads, k=top_k, max_pixels=settings.max_image_pixels,
                             timeout_s=timeout_ms / 1000 if timeout_ms else None, disconnected=when_client_gone(request))
@@ -187,12 +187,7 @@ TEXTS_EXAMPLE = {"inputs": ["a cat", "a kitten", "stock market"]}
 def _texts(body: bytes) -> list[str]:
     """The texts of an /embed body: a JSON list of strings, or {"inputs": [...]} as in Hugging Face's APIs."""
     usage = 'send a JSON list of strings like ["a cat", "a dog"], or {"inputs": ["a cat", "a dog"]}'
-    try:
-        payload: Any = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"the body is not JSON ({exc}); {usage}") from None
-    except RecursionError:
-        raise InvalidInput(f"the body nests too deeply to parse; {usage}") from None
+    payload: Any = loads(body, "the body", usage)
     if isinstance(payload, dict):
         unknown = sorted(set(payload) - {"inputs"})
         if unknown or "inputs" not in payload:
@@ -200,8 +195,6 @@ def _texts(body: bytes) -> list[str]:
         payload = payload["inputs"]
     if not isinstance(payload, list):
         raise InvalidInput(f"expected a list of texts, got {type(payload).__name__}; {usage}")
-    if len(payload) > MAX_ITEMS_PER_REQUEST:
-        raise InvalidInput(f"{len(payload)} texts in one request; send at most {MAX_ITEMS_PER_REQUEST} per request")
     return texts_from(payload)
 
 

@@ -127,12 +127,14 @@ class DynamicBatcher:
         request still waiting then is dropped with ClientDisconnected.
         """
         checked = self.inputs.check(feeds)
+        rows = rows_of(checked)
+        self.settings.check_rows(rows)
         self.admit()
         now = time.monotonic()
         if deadline is None and self.settings.timeout_s is not None:
             deadline = now + self.settings.timeout_s
         request = QueuedRequest(
-            feeds=checked, rows=rows_of(checked), signature=self.inputs.signature(checked), enqueued=now, deadline=deadline,
+            feeds=checked, rows=rows, signature=self.inputs.signature(checked), enqueued=now, deadline=deadline,
             future=self._ensure_started().create_future(),
         )
         if request.expired(now):

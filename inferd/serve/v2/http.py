@@ -58,7 +58,8 @@ async def live() -> dict[str, bool]:
 @router.get("/health/ready")
 async def ready(request: Request) -> dict[str, bool]:
     if not getattr(request.app.state, "ready", False):
-        raise NotReady("the server is still loading its models")
+        draining = getattr(request.app.state, "draining", False)
+        raise NotReady("the server is shutting down" if draining else "the server is still loading its models")
     return {"ready": True}
 
 

@@ -16,6 +16,8 @@ from inferd.errors import InvalidInput
 from inferd.io import top_k
 from inferd.serve.images import decode_batch
 from inferd.serve.repository import ModelEntry
+from inferd.serve.settings import MAX_TIMEOUT_S
+from inferd.serve.v2.json_values import describe
 from inferd.serve.v2.metadata import v2_datatype
 from inferd.serve.v2.types import InferInput, InferRequest, InferResponse, SharedMemoryRef
 from inferd.types import ImageType, TextType
@@ -41,12 +43,14 @@ def _output_regions(decoded: InferRequest) -> dict[str, SharedMemoryRef]:
 
 
 def _timeout_s(decoded: InferRequest) -> float | None:
-    """The `timeout` request parameter, in microseconds as tritonclient sends it."""
+    """The `timeout` request parameter, in microseconds as tritonclient sends it; finite (JSON's NaN fails the
+    comparison) and at most a day, so that the deadline is a number."""
     timeout = decoded.parameters.get("timeout")
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise InvalidInput(f"the timeout parameter must be a positive number of microseconds, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT_S * 1e6:
+        raise InvalidInput("the timeout parameter must be a positive number of microseconds up to "
+                           f"{MAX_TIMEOUT_S * 1e6:.0f} (a day), got {describe(timeout)}")
     return float(timeout) / 1e6
 
 
