@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from _load import machine_info
+from harness import machine_info
 from onnx import numpy_helper
 
 from inferd.optimize import build_eval_set, fidelity, to_fp16

@@ -28,7 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _load as L
+import harness as H
+import loadgen as G
+import payloads as P
 
 QUEUE_SIZE = 8
 TIMEOUT_S = 2.0
@@ -41,59 +43,59 @@ RSS_LIMIT = 0.10
 
 
 def main() -> None:
-    parser = L.benchmark_parser(__doc__, "overload.json")
+    parser = H.benchmark_parser(__doc__, "overload.json")
     parser.add_argument("--duration", type=float, default=LOAD_S)
     parser.add_argument("--factor", type=float, default=RATE_FACTOR, help="offered rate / measured capacity")
     parser.add_argument("--max-outstanding", type=int, default=MAX_OUTSTANDING, help="client cap on requests in flight")
-    args, quiet = L.start_benchmark(parser)
+    args, quiet = H.start_benchmark(parser)
     started = time.time()
     flags = {"max_batch_size": 8, "max_queue_delay_ms": 2, "max_queue_size": QUEUE_SIZE, "timeout": TIMEOUT_S}
     result: dict[str, Any] = {
-        "benchmark": "overload", "machine": L.machine_info(), "machine_before_start": quiet, "client": args.client,
+        "benchmark": "overload", "machine": H.machine_info(), "machine_before_start": quiet, "client": args.client,
         "config": {"server_flags": flags, "rate_factor": args.factor, "duration_s": args.duration,
                    "max_outstanding": args.max_outstanding, "deadline_margin_s": DEADLINE_MARGIN_S,
                    "rss_growth_limit": RSS_LIMIT, "payload": "V2 binary FP32 [1,3,224,224]"},
     }
     with tempfile.TemporaryDirectory(prefix="inferd-overload-") as tmp:
         work = Path(tmp)
-        payloads = L.write_payloads("binary", work / "payloads", args.package)
-        with L.Server(args.package.parent, work, **flags) as server:
+        payloads = P.write_payloads("binary", work / "payloads", args.package)
+        with H.Server(args.package.parent, work, **flags) as server:
             result["server"] = server.describe()
-            url = f"{server.url}/v2/models/{L.MODEL}/infer"
-            rss_after_start = L.process_rss_bytes(server.pid)
+            url = f"{server.url}/v2/models/{H.MODEL}/infer"
+            rss_after_start = H.process_rss_bytes(server.pid)
             print("measuring capacity (closed loop, concurrency 8) ...", flush=True)
-            capacity = L.run_load(L.closed_spec(url, payloads, 8, CAPACITY_S, client=args.client), work, server)
+            capacity = H.run_load(H.closed_spec(url, payloads, 8, CAPACITY_S, client=args.client), work, server)
             result["capacity"] = capacity
             capacity_rps = capacity["throughput_rps"]
             rate = round(args.factor * capacity_rps, 1)
             print(f"capacity {capacity_rps:.1f} req/s; offering {rate:.1f} req/s for {args.duration:.0f} s ...", flush=True)
 
-            rss_after_capacity = L.process_rss_bytes(server.pid)
+            rss_after_capacity = H.process_rss_bytes(server.pid)
             spec = {"url": url, "payloads": payloads, "mode": "open", "rate": rate, "duration_s": args.duration,
                     "warmup_s": 0, "max_outstanding": args.max_outstanding, "request_timeout_s": 30, "records": True,
                     "client": args.client}
             before = server.model_stats()
-            run = L.LoadRun(spec, work)
+            run = H.LoadRun(spec, work)
             run.wait_started()
-            rss0 = L.process_rss_bytes(server.pid)
+            rss0 = H.process_rss_bytes(server.pid)
             t_start = time.monotonic()
-            meter = L.CpuMeter(server.pid)
+            meter = H.CpuMeter(server.pid)
             samples: list[tuple[float, int]] = []
 
             def sample() -> None:
-                samples.append((round(time.monotonic() - t_start, 2), L.process_rss_bytes(server.pid)))
+                samples.append((round(time.monotonic() - t_start, 2), H.process_rss_bytes(server.pid)))
 
             load = run.wait(tick=sample, every_s=0.5)
             sample()
             load["cpu"] = meter.stop(load["client_cpu_s"])
-            load["batching"] = L.stats_delta(before, server.model_stats())
+            load["batching"] = H.stats_delta(before, server.model_stats())
             time.sleep(3)
-            rss_settled = L.process_rss_bytes(server.pid)
+            rss_settled = H.process_rss_bytes(server.pid)
             status, _, body = _probe(url, payloads[0])
             alive = server.process is not None and server.process.poll() is None
             server_log_tail = server.log_tail(15)
 
-    records = load.pop("records")
+    records = G.take_records(load)
     result["load"] = load
     result["analysis"] = analyse(records, args.duration)
     peak = max(rss for _, rss in samples)
@@ -114,7 +116,7 @@ def main() -> None:
         "rss_peak_growth_below_10_percent": result["rss"]["peak_growth"] < RSS_LIMIT,
         "server_still_serves": status == 200 and alive,
     }
-    L.finish(args.out, result, records, started)
+    H.finish(args.out, result, records, started)
 
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores; client {args.client}")
     print(f"offered {rate:.1f} req/s ({args.factor:g}x capacity {capacity_rps:.1f}) for {args.duration:.0f} s: "
@@ -136,33 +138,32 @@ def main() -> None:
 
 def _probe(url: str, payload: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
     """One request after the load: the server must still answer 200."""
-    return L.http("POST", url, Path(payload["path"]).read_bytes(),
-                  headers={L.INFERENCE_HEADER: str(payload["header_length"])}, timeout=30)
+    return H.http("POST", url, Path(payload["path"]).read_bytes(),
+                  headers={G.INFERENCE_HEADER: str(payload["header_length"])}, timeout=30)
 
 
-def analyse(records: list[list[Any]], duration: float) -> dict[str, Any]:
-    """records: [start_s, latency_s, status (0 if none), Retry-After, version, client error]."""
+def analyse(records: list[G.Record], duration: float) -> dict[str, Any]:
     limit = TIMEOUT_S + DEADLINE_MARGIN_S
-    ok = [r for r in records if r[2] == 200 and r[5] is None]
-    rejected = [r for r in records if r[2] in (429, 503) and r[5] is None]
-    errored = [r for r in records if r[5] is not None]
-    other = L.tally([r for r in records if r[5] is None and r[2] not in (200, 429, 503)], lambda r: r[2])
-    client_errors = L.tally(errored, lambda r: r[5])
-    by_status = L.tally(rejected, lambda r: r[2])
-    seconds: dict[int, list[list[Any]]] = {}
+    ok = [r for r in records if r.ok]
+    rejected = [r for r in records if r.status in (429, 503) and r.client_error is None]
+    errored = [r for r in records if r.client_error is not None]
+    other = G.tally([r for r in records if r.client_error is None and r.status not in (200, 429, 503)], lambda r: r.status)
+    client_errors = G.tally(errored, lambda r: r.client_error)
+    by_status = G.tally(rejected, lambda r: r.status)
+    seconds: dict[int, list[G.Record]] = {}
     for r in records:
-        seconds.setdefault(int(r[0]), []).append(r)
-    per_second = {k: L.tally(v, lambda r: "error" if r[5] is not None else r[2]) for k, v in seconds.items()}
+        seconds.setdefault(int(r.start_s), []).append(r)
+    per_second = {k: G.tally(v, lambda r: "error" if r.client_error is not None else r.status) for k, v in seconds.items()}
     return {
         "sent": len(records), "ok": len(ok), "rejected": len(rejected), "rejected_by_status": by_status,
-        "rejected_without_retry_after": sum(1 for r in rejected if not r[3]),
-        "retry_after_values": sorted({r[3] for r in rejected if r[3]}),
+        "rejected_without_retry_after": sum(1 for r in rejected if not r.retry_after),
+        "retry_after_values": sorted({r.retry_after for r in rejected if r.retry_after}),
         "other": other, "client_errors": client_errors,
         "status_5xx_other_than_503": sum(n for s, n in other.items() if s.startswith("5")),
-        "goodput_rps": round(sum(1 for r in ok if r[0] + r[1] <= duration) / duration, 3),
-        "ok_latency_ms": L.latency_summary([r[1] for r in ok]),
-        "ok_over_deadline": sum(1 for r in ok if r[1] > limit), "deadline_limit_s": limit,
-        "rejected_latency_ms": L.latency_summary([r[1] for r in rejected]),
+        "goodput_rps": round(sum(1 for r in ok if r.start_s + r.latency_s <= duration) / duration, 3),
+        "ok_latency_ms": G.latency_summary([r.latency_s for r in ok]),
+        "ok_over_deadline": sum(1 for r in ok if r.latency_s > limit), "deadline_limit_s": limit,
+        "rejected_latency_ms": G.latency_summary([r.latency_s for r in rejected]),
         "per_second": [per_second[k] for k in sorted(per_second)],
     }
 

@@ -24,7 +24,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import _load as L
+import harness as H
+import loadgen as G
+import payloads as P
 
 from inferd.deploy.ray.settings import LOOPBACK_SWITCH, RaySettings
 from inferd.runtime.devices import cpu_features
@@ -36,18 +38,18 @@ COLD_TRIALS = 3
 
 
 def main() -> None:
-    args, quiet = L.start_benchmark(L.benchmark_parser(__doc__, "ray_serve.json"))
+    args, quiet = H.start_benchmark(H.benchmark_parser(__doc__, "ray_serve.json"))
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="ray-serve-bench-"))
     repository = work / "models"
     repository.mkdir()
-    (repository / L.MODEL).symlink_to(args.package.resolve())
-    payloads = L.write_payloads("binary", work / "payloads", args.package)
-    infer = f"/v2/models/{L.MODEL}/infer"
-    result: dict[str, Any] = {"machine": {**L.machine_info(), "cpu_features": list(cpu_features())}, "quiet": quiet,
+    (repository / H.MODEL).symlink_to(args.package.resolve())
+    payloads = P.write_payloads("binary", work / "payloads", args.package)
+    infer = f"/v2/models/{H.MODEL}/infer"
+    result: dict[str, Any] = {"machine": {**H.machine_info(), "cpu_features": list(cpu_features())}, "quiet": quiet,
                               "duration_s": DURATION_S, "client": args.client}
-    with L.Server(repository, work, access_log=False) as server:
-        result["inferd_serve"] = {f"c{c}": L.run_load(L.closed_spec(server.url + infer, payloads, c, DURATION_S,
+    with H.Server(repository, work, access_log=False) as server:
+        result["inferd_serve"] = {f"c{c}": H.run_load(H.closed_spec(server.url + infer, payloads, c, DURATION_S,
                                                                     client=args.client), work, server) for c in (1, 8)}
     os.environ[LOOPBACK_SWITCH] = "0"  # before Ray is imported: the node stays on 127.0.0.1
     import ray
@@ -55,17 +57,17 @@ def main() -> None:
 
     from inferd.deploy.ray.app import build_app, start_proxies
 
-    metrics_port = L.free_port()
+    metrics_port = H.free_port()
     ray.init(_node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
              _metrics_export_port=metrics_port, _system_config={"metrics_report_interval_ms": 500},
              logging_level="WARNING", log_to_driver=False)
     try:
-        port = L.free_port()
+        port = H.free_port()
         start_proxies(RaySettings(http_port=port, proxy_location="HeadOnly"))
-        url = f"http://{L.HOST}:{port}"
+        url = f"http://{H.HOST}:{port}"
         quiet_server = ServerSettings(access_log=False)
         serve.run(build_app(repository, quiet_server, RaySettings(cpus_per_replica=2)), name=APP, route_prefix="/")
-        result["ray_serve"] = {f"c{c}": L.run_load(L.closed_spec(url + infer, payloads, c, DURATION_S,
+        result["ray_serve"] = {f"c{c}": H.run_load(H.closed_spec(url + infer, payloads, c, DURATION_S,
                                                                  client=args.client), work) for c in (1, 8)}
         layout = RaySettings(min_replicas=0, max_replicas=1, cpus_per_replica=2, upscale_delay_s=0, downscale_delay_s=1)
         serve.run(build_app(repository, quiet_server, layout), name=APP, route_prefix="/")
@@ -75,7 +77,7 @@ def main() -> None:
         ray.shutdown()
     result["summary"] = _summary(result)
     result["total_wall_s"] = round(time.time() - started, 1)
-    L.write_json(args.out, result)
+    H.write_json(args.out, result)
     shutil.rmtree(work, ignore_errors=True)
     print(result["summary"])
 
@@ -83,7 +85,7 @@ def main() -> None:
 def _replicas() -> int:
     from ray import serve
 
-    return int(serve.status().applications[APP].deployments[L.MODEL].replica_states.get("RUNNING", 0))
+    return int(serve.status().applications[APP].deployments[H.MODEL].replica_states.get("RUNNING", 0))
 
 
 def _scale_from_zero(url: str, payload: dict[str, Any], metrics_port: int) -> dict[str, Any]:
@@ -97,14 +99,14 @@ def _scale_from_zero(url: str, payload: dict[str, Any], metrics_port: int) -> di
             time.sleep(0.2)
         time.sleep(1)
         request = urllib.request.Request(url, data=body, method="POST", headers={
-            L.INFERENCE_HEADER: str(payload["header_length"]), "Content-Type": "application/octet-stream"})
+            G.INFERENCE_HEADER: str(payload["header_length"]), "Content-Type": "application/octet-stream"})
         sent = time.perf_counter()
         with urllib.request.urlopen(request, timeout=120) as answer:
             status = answer.status
             answer.read()
         trials.append({"status": status, "first_answer_s": round(time.perf_counter() - sent, 3)})
     time.sleep(2)  # Ray's exporter publishes every 0.5 s
-    text = urllib.request.urlopen(f"http://{L.HOST}:{metrics_port}/metrics", timeout=10).read().decode()
+    text = urllib.request.urlopen(f"http://{H.HOST}:{metrics_port}/metrics", timeout=10).read().decode()
     startup = _histogram(text, "ray_serve_replica_startup_latency_ms")
     initialization = _histogram(text, "ray_serve_replica_initialization_latency_ms")
     return {"trials": trials, "replica_startup_mean_ms": startup, "replica_initialization_mean_ms": initialization}
@@ -117,7 +119,7 @@ def _histogram(text: str, name: str) -> float | None:
     sums = counts = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.labels.get("deployment") != L.MODEL:
+            if sample.labels.get("deployment") != H.MODEL:
                 continue
             if sample.name == f"{name}_sum":
                 sums += sample.value

@@ -34,7 +34,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _load as L
+import harness as H
+import loadgen as G
+import payloads as P
 import server_throughput as T
 
 ECHO_S = 6.0  # the blocks and rounds of the interleaved comparisons are server_throughput.py's
@@ -68,10 +70,10 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def echo_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    header = json.dumps({"model_name": L.MODEL, "outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 1000],
+    header = json.dumps({"model_name": H.MODEL, "outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 1000],
                                                              "parameters": {"binary_data_size": 4000}}]}).encode()
     response = header + bytes(4000)
-    headers = [(b"content-type", b"application/octet-stream"), (L.INFERENCE_HEADER.lower().encode(),
+    headers = [(b"content-type", b"application/octet-stream"), (G.INFERENCE_HEADER.lower().encode(),
                                                                 str(len(header)).encode())]
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,11 +114,11 @@ def minimal_app(repository_root: Path, instances: int, max_batch_size: int
             await _answer(send, json.dumps(statistics(repository, None, None)).encode(), json_headers)
         else:  # /v2/models/{name}/infer
             entry = repository.get(path.split("/")[3])
-            decoded = decode_request(body, _header(scope, L.INFERENCE_HEADER.lower().encode()))
+            decoded = decode_request(body, _header(scope, G.INFERENCE_HEADER.lower().encode()))
             response = await run_inference(entry, decoded, max_image_pixels=DEFAULT_MAX_PIXELS)
             payload, header_length = encode_response(response, binary_outputs=binary_outputs_for(decoded, False))
             await _answer(send, payload, [(b"content-type", b"application/octet-stream"),
-                                          (L.INFERENCE_HEADER.lower().encode(), str(header_length).encode())])
+                                          (G.INFERENCE_HEADER.lower().encode(), str(header_length).encode())])
 
     return app
 
@@ -137,24 +139,24 @@ def serve(kind: str, port: int, repository: Path, layout: str) -> None:
     import uvicorn
 
     app = echo_app() if kind == "echo" else minimal_app(repository, **LAYOUTS[layout])
-    uvicorn.run(app, host=L.HOST, port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=H.HOST, port=port, log_level="warning", access_log=False)
 
 
-class StandIn(L.Server):
+class StandIn(H.Server):
     """A stand-in served by this script in a subprocess, started and stopped as `inferd serve` is."""
 
     def __init__(self, kind: str, repository: Path, log_dir: Path, layout: str = "latency") -> None:
         super().__init__(repository, log_dir)
         self.flags = {"stand_in": kind, "layout": layout, **LAYOUTS[layout], "max_queue_delay_ms": 0}
         self.argv = [sys.executable, __file__, "--serve", kind, "--port", str(self.port), "--layout", layout,
-                     "--package", str(repository / L.MODEL)]
+                     "--package", str(repository / H.MODEL)]
 
 
 # ---------------------------------------------------------------------------------------------- measuring
 
 
 def main() -> None:
-    parser = L.benchmark_parser(__doc__, "server_floor.json", client="raw")
+    parser = H.benchmark_parser(__doc__, "server_floor.json", client="raw")
     parser.add_argument("--serve", choices=("echo", "minimal"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--layout", choices=tuple(LAYOUTS), default="latency", help=argparse.SUPPRESS)
@@ -162,23 +164,23 @@ def main() -> None:
         args = parser.parse_args()
         serve(args.serve, args.port, args.package.parent, args.layout)
         return
-    args, quiet = L.start_benchmark(parser)
+    args, quiet = H.start_benchmark(parser)
     repository = args.package.parent
     started = time.time()
-    result: dict[str, Any] = {"benchmark": "server_floor", "machine": L.machine_info(), "package": str(args.package),
+    result: dict[str, Any] = {"benchmark": "server_floor", "machine": H.machine_info(), "package": str(args.package),
                               "client": args.client, "machine_before_start": quiet}
     with tempfile.TemporaryDirectory(prefix="inferd-floor-") as tmp:
         work = Path(tmp)
-        binary = L.write_payloads("binary", work / "payloads", args.package)
-        engine = T.Engine(args.package, list(L.photos_as_jpeg().values()))
+        binary = P.write_payloads("binary", work / "payloads", args.package)
+        engine = T.Engine(args.package, list(P.photos_as_jpeg().values()))
 
         def echo(concurrency: int) -> dict[str, Any]:
             with StandIn("echo", repository, work) as server:
-                spec = L.closed_spec(f"{server.url}/v2/models/{L.MODEL}/infer", binary, concurrency, ECHO_S,
+                spec = H.closed_spec(f"{server.url}/v2/models/{H.MODEL}/infer", binary, concurrency, ECHO_S,
                                      client=args.client)
-                run = L.LoadRun(spec, work)
+                run = H.LoadRun(spec, work)
                 run.wait_started()
-                meter = L.CpuMeter(server.pid)
+                meter = H.CpuMeter(server.pid)
                 out = run.wait()
                 out["cpu"] = meter.stop(out.get("client_cpu_s"))
                 requests = out["throughput_rps"] * out["elapsed_s"]
@@ -210,7 +212,7 @@ def main() -> None:
         "failed_requests": sum(T.failures(run) for run in (result["echo_c8"], result["echo_c1"], c8, c1)),
     }
     result["total_wall_s"] = round(time.time() - started, 1)
-    L.write_json(args.out, result)
+    H.write_json(args.out, result)
 
     s = result["summary"]
     print(f"\necho, concurrency 8: {s['echo_c8_rps']:.0f} req/s, {s['echo_c8_server_cpu_ms_per_request']:.3f} ms of "

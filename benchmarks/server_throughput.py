@@ -1,8 +1,9 @@
 """How much of the engine's speed the server delivers, what one request costs on top, and what batching buys.
 
 The comparisons that carry the targets are measured in alternating blocks (engine only, then server, and
-again, ROUNDS times), because this machine drifts: the engine alone ran batch 1 anywhere from 6.2 to 7.9 ms
-p50 between runs of one day. Phases measured one after the other would credit or blame the server for that.
+again, ROUNDS times), because this machine drifts: the engine alone's batch 1 p50 moves by a quarter between
+runs of one day (results/server_throughput.json, "notes"). Phases measured one after the other would credit or
+blame the server for that.
 
   (a) engine-only survey: `inferd.load` in this process, every mode for SURVEY_S seconds. On tensors:
       `predict` at batch 1, on a stacked batch of 8, `predict_batch` of 8 examples, and two threads each
@@ -42,7 +43,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _load as L
+import harness as H
+import loadgen as G
+import payloads as P
 
 SURVEY_S = 6.0
 ROUNDS = 4
@@ -97,7 +100,7 @@ class Engine:
         for i in range(5):
             call(i)
         latencies: list[float] = []
-        meter = L.CpuMeter(os.getpid())
+        meter = H.CpuMeter(os.getpid())
         started = time.perf_counter()
 
         def worker(first: int) -> None:
@@ -126,10 +129,10 @@ class Engine:
 
 def summarized(run: dict[str, Any]) -> dict[str, Any]:
     """An engine run for the JSON: latency percentiles instead of every latency."""
-    return {k: v for k, v in run.items() if k != "latencies_s"} | {"latency_ms": L.latency_summary(run["latencies_s"])}
+    return {k: v for k, v in run.items() if k != "latencies_s"} | {"latency_ms": G.latency_summary(run["latencies_s"])}
 
 
-def interleaved(engine: Engine, mode: str, server: L.Server, payloads: list[dict[str, Any]], concurrency: int,
+def interleaved(engine: Engine, mode: str, server: H.Server, payloads: list[dict[str, Any]], concurrency: int,
                 block_s: float, rounds: int, work: Path, client: str, transport: str = "http") -> dict[str, Any]:
     """Engine-only `mode` and the server at `concurrency` in alternating blocks of `block_s` seconds.
 
@@ -138,28 +141,28 @@ def interleaved(engine: Engine, mode: str, server: L.Server, payloads: list[dict
     """
     extras: dict[str, dict[str, Any]] = {
         "http": {}, "shared_memory": {"shared_memory": True},
-        "grpc": {"grpc_address": f"{L.HOST}:{server.flags.get('grpc_port')}", "model": L.MODEL},
+        "grpc": {"grpc_address": f"{H.HOST}:{server.flags.get('grpc_port')}", "model": H.MODEL},
     }
     extra = extras[transport]
     engine_runs, server_runs = [], []
     for _ in range(rounds):
         engine_runs.append(engine.run(mode, block_s))
-        spec = L.closed_spec(f"{server.url}/v2/models/{L.MODEL}/infer", payloads, concurrency, block_s,
+        spec = H.closed_spec(f"{server.url}/v2/models/{H.MODEL}/infer", payloads, concurrency, block_s,
                              warmup_s=WARMUP_S, client=client, records=True, **extra)
-        server_runs.append(L.run_load(spec, work, server))
+        server_runs.append(H.run_load(spec, work, server))
     engine_latencies = [s for run in engine_runs for s in run["latencies_s"]]
-    server_latencies = [r[1] for run in server_runs for r in run.pop("records")
-                        if 0 <= r[0] < block_s and r[2] == 200 and r[5] is None]
+    server_latencies = [r.latency_s for run in server_runs for r in G.take_records(run)
+                        if 0 <= r.start_s < block_s and r.ok]
     engine_rate = sum(run["images_per_s"] for run in engine_runs) / rounds
     server_rate = sum(run["throughput_rps"] for run in server_runs) / rounds
-    engine_p50 = L.latency_summary(engine_latencies)["p50"]
-    server_p50 = L.latency_summary(server_latencies)["p50"]
+    engine_p50 = G.latency_summary(engine_latencies)["p50"]
+    server_p50 = G.latency_summary(server_latencies)["p50"]
     return {
         "engine_mode": mode, "concurrency": concurrency, "rounds": rounds, "block_s": block_s,
         "engine_images_per_s": round(engine_rate, 3), "server_rps": round(server_rate, 3),
         "server_over_engine": round(server_rate / engine_rate, 3),
-        "engine_latency_ms": L.latency_summary(engine_latencies),
-        "server_latency_ms": L.latency_summary(server_latencies),
+        "engine_latency_ms": G.latency_summary(engine_latencies),
+        "server_latency_ms": G.latency_summary(server_latencies),
         "added_latency_p50_ms": round(server_p50 - engine_p50, 3) if server_p50 and engine_p50 else None,
         "blocks": [{"engine_images_per_s": e["images_per_s"], "server_rps": s["throughput_rps"],
                     "server_p50_ms": s["latency_ms"]["p50"], "statuses": s["statuses"], "errors": s["errors"],
@@ -175,15 +178,15 @@ def failures(run: dict[str, Any]) -> int:
 
 
 def main() -> None:
-    parser = L.benchmark_parser(
+    parser = H.benchmark_parser(
         __doc__, "server_throughput.json", client="raw",
         client_help="the load generator's HTTP client; concurrency 8 binary is also run with aiohttp for reference")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every phase's duration (smoke tests)")
-    args, quiet = L.start_benchmark(parser)
+    args, quiet = H.start_benchmark(parser)
     repository = args.package.parent
     scale = args.scale
     started = time.time()
-    result: dict[str, Any] = {"benchmark": "server_throughput", "machine": L.machine_info(),
+    result: dict[str, Any] = {"benchmark": "server_throughput", "machine": H.machine_info(),
                               "package": str(args.package), "client": args.client,
                               "durations_s": {"survey": SURVEY_S * scale, "rounds": ROUNDS,
                                               "throughput_block": THROUGHPUT_BLOCK_S * scale,
@@ -194,14 +197,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="inferd-bench-") as tmp:
         work = Path(tmp)
-        binary = L.write_payloads("binary", work / "payloads", args.package)
-        jpeg = L.write_payloads("jpeg", work / "payloads", args.package)
-        tensors = L.write_payloads("tensor", work / "payloads", args.package)
+        binary = P.write_payloads("binary", work / "payloads", args.package)
+        jpeg = P.write_payloads("jpeg", work / "payloads", args.package)
+        tensors = P.write_payloads("tensor", work / "payloads", args.package)
         result["payloads"] = {kind: [{k: p[k] for k in ("image", "bytes")} for p in payloads]
                               for kind, payloads in (("binary", binary), ("jpeg", jpeg), ("tensor", tensors))}
 
         print("(a) engine only ...", flush=True)
-        engine = Engine(args.package, list(L.photos_as_jpeg().values()))
+        engine = Engine(args.package, list(P.photos_as_jpeg().values()))
         survey = {mode: summarized(engine.run(mode, SURVEY_S * scale)) for mode in engine.modes}
         result["engine"] = {"load_info": engine.load_info(), "survey": survey}
 
@@ -210,21 +213,21 @@ def main() -> None:
 
         best_tensor, best_jpeg = fastest("predict"), fastest("jpeg")
 
-        def load(server: L.Server, payloads: list[dict[str, Any]], concurrency: int, seconds: float,
+        def load(server: H.Server, payloads: list[dict[str, Any]], concurrency: int, seconds: float,
                  client: str = args.client) -> dict[str, Any]:
-            spec = L.closed_spec(f"{server.url}/v2/models/{L.MODEL}/infer", payloads, concurrency, seconds * scale,
+            spec = H.closed_spec(f"{server.url}/v2/models/{H.MODEL}/infer", payloads, concurrency, seconds * scale,
                                  warmup_s=2.0, client=client)
-            return L.run_load(spec, work, server)
+            return H.run_load(spec, work, server)
 
-        def rounds(mode: str, server: L.Server, payloads: list[dict[str, Any]], concurrency: int,
+        def rounds(mode: str, server: H.Server, payloads: list[dict[str, Any]], concurrency: int,
                    block_s: float, transport: str = "http") -> dict[str, Any]:
             return interleaved(engine, mode, server, payloads, concurrency, block_s * scale, ROUNDS, work, args.client,
                                transport)
 
         servers: dict[str, Any] = {}
         print(f"(b) concurrency 8 against {best_tensor} and {best_jpeg}, interleaved ...", flush=True)
-        with L.Server(repository, work, instances=2, max_batch_size=2, max_queue_delay_ms=0,
-                      allow_shared_memory=True, grpc_port=L.free_port()) as server:
+        with H.Server(repository, work, instances=2, max_batch_size=2, max_queue_delay_ms=0,
+                      allow_shared_memory=True, grpc_port=H.free_port()) as server:
             servers["instances2_batch2_delay0"] = server.describe()
             result["c8_binary"] = rounds(best_tensor, server, binary, 8, THROUGHPUT_BLOCK_S)
             result["c8_jpeg"] = rounds(best_jpeg, server, jpeg, 8, THROUGHPUT_BLOCK_S)
@@ -232,14 +235,14 @@ def main() -> None:
                 result["c8_binary_aiohttp"] = load(server, binary, 8, REFERENCE_S, client="aiohttp")
             result["c8_shared_memory"] = rounds(best_tensor, server, tensors, 8, THROUGHPUT_BLOCK_S, "shared_memory")
             result["c8_grpc"] = rounds(best_tensor, server, tensors, 8, THROUGHPUT_BLOCK_S, "grpc")
-        with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=2) as server:
+        with H.Server(repository, work, max_batch_size=8, max_queue_delay_ms=2) as server:
             servers["batch8_delay2"] = server.describe()
             result["c8_binary_default_layout"] = rounds(best_tensor, server, binary, 8, THROUGHPUT_BLOCK_S)
             result["c8_jpeg_default_layout"] = rounds(best_jpeg, server, jpeg, 8, THROUGHPUT_BLOCK_S)
             c16_batch8 = load(server, binary, 16, BATCHING_C16_S)
         print("(c) concurrency 1 against batch 1, interleaved ...", flush=True)
-        with L.Server(repository, work, max_batch_size=8, max_queue_delay_ms=0, allow_shared_memory=True,
-                      grpc_port=L.free_port()) as server:
+        with H.Server(repository, work, max_batch_size=8, max_queue_delay_ms=0, allow_shared_memory=True,
+                      grpc_port=H.free_port()) as server:
             servers["batch8_delay0"] = server.describe()
             result["c1_binary"] = rounds("predict_batch1", server, binary, 1, LATENCY_BLOCK_S)
             result["c1_jpeg"] = rounds("jpeg_batch1", server, jpeg, 1, LATENCY_BLOCK_S)
@@ -247,10 +250,10 @@ def main() -> None:
             result["c1_grpc"] = rounds("predict_batch1", server, tensors, 1, LATENCY_BLOCK_S, "grpc")
         engine.close()
         print("(d) concurrency 16 with batching off, and at batch 16 ...", flush=True)
-        with L.Server(repository, work, max_batch_size=1, max_queue_delay_ms=0) as server:
+        with H.Server(repository, work, max_batch_size=1, max_queue_delay_ms=0) as server:
             servers["batch1"] = server.describe()
             c16_batch1 = load(server, binary, 16, BATCHING_C16_S)
-        with L.Server(repository, work, max_batch_size=16, max_queue_delay_ms=2) as server:
+        with H.Server(repository, work, max_batch_size=16, max_queue_delay_ms=2) as server:
             servers["batch16_delay2"] = server.describe()
             c16_batch16 = load(server, binary, 16, BATCHING_C16_S)
         result["servers"] = servers
@@ -294,7 +297,7 @@ def main() -> None:
     }
     result["total_wall_s"] = round(time.time() - started, 1)
     result["loadavg_at_end"] = list(os.getloadavg())
-    L.write_json(args.out, result)
+    H.write_json(args.out, result)
 
     s = result["summary"]
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores; client {args.client}")

@@ -29,7 +29,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _load as L
+import harness as H
+import loadgen as G
+import payloads as P
 
 CONCURRENCY = 4
 DURATION_S = 30.0
@@ -41,11 +43,11 @@ BACKOFF_S = 0.02  # a worker whose request was refused waits this long before th
 
 
 def main() -> None:
-    args, quiet = L.start_benchmark(L.benchmark_parser(__doc__, "swap_under_traffic.json"))
+    args, quiet = H.start_benchmark(H.benchmark_parser(__doc__, "swap_under_traffic.json"))
     started = time.time()
     flags = {"max_batch_size": 8, "max_queue_delay_ms": 2}
     result: dict[str, Any] = {
-        "benchmark": "swap_under_traffic", "machine": L.machine_info(), "machine_before_start": quiet,
+        "benchmark": "swap_under_traffic", "machine": H.machine_info(), "machine_before_start": quiet,
         "client": args.client,
         "config": {"server_flags": flags, "concurrency": CONCURRENCY, "duration_s": DURATION_S,
                    "unload_load_schedule_s": SCHEDULE, "version_swap_at_s": SWAP_AT,
@@ -55,19 +57,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="inferd-swap-") as tmp:
         work = Path(tmp)
         repository = work / "repo"
-        model_dir = repository / L.MODEL
+        model_dir = repository / H.MODEL
         shutil.copytree(args.package, model_dir / "1")
-        payloads = L.write_payloads("binary", work / "payloads", args.package)
-        with L.Server(repository, work, **flags) as server:
+        payloads = P.write_payloads("binary", work / "payloads", args.package)
+        with H.Server(repository, work, **flags) as server:
             result["server"] = server.describe()
-            base = f"{server.url}/v2/repository/models/{L.MODEL}"
-            spec = {"url": f"{server.url}/v2/models/{L.MODEL}/infer", "payloads": payloads, "mode": "closed",
+            base = f"{server.url}/v2/repository/models/{H.MODEL}"
+            spec = {"url": f"{server.url}/v2/models/{H.MODEL}/infer", "payloads": payloads, "mode": "closed",
                     "concurrency": CONCURRENCY, "duration_s": DURATION_S, "warmup_s": 0, "request_timeout_s": 60,
                     "records": True, "parse_version": True, "client": args.client,
                     "backoff_after_failure_s": BACKOFF_S}
-            run = L.LoadRun(spec, work)
+            run = H.LoadRun(spec, work)
             t0 = run.wait_started()  # the generator's time zero (time.time()), so actions and records align
-            meter = L.CpuMeter(server.pid)
+            meter = H.CpuMeter(server.pid)
             actions: list[dict[str, Any]] = []
 
             def act(name: str, at: float, call: str, prepare: Any = None) -> None:
@@ -75,7 +77,7 @@ def main() -> None:
                 begin = time.time() - t0
                 if prepare is not None:
                     prepare()
-                status, _, body = L.http("POST", f"{base}/{call}", b"", timeout=120)
+                status, _, body = H.http("POST", f"{base}/{call}", b"", timeout=120)
                 actions.append({"action": name, "start_s": round(begin, 3),
                                 "end_s": round(time.time() - t0, 3), "status": status,
                                 "response": body[:300].decode(errors="replace")})
@@ -92,12 +94,12 @@ def main() -> None:
             load = run.wait()
             controller.join(timeout=120)
             load["cpu"] = meter.stop(load["client_cpu_s"])
-            result["after"] = {"model": server.get_json(f"/v2/models/{L.MODEL}"),
-                               "index": json.loads(L.http("POST", f"{server.url}/v2/repository/index", b"")[2]),
+            result["after"] = {"model": server.get_json(f"/v2/models/{H.MODEL}"),
+                               "index": json.loads(H.http("POST", f"{server.url}/v2/repository/index", b"")[2]),
                                "server_alive": server.process is not None and server.process.poll() is None,
                                "server_log_tail": server.log_tail(25)}
 
-    records = load.pop("records")
+    records = G.take_records(load)
     result["load"] = load
     result["actions"] = actions
     result["analysis"] = analyse(records, actions)
@@ -109,7 +111,7 @@ def main() -> None:
         "version_2_serves_after_swap": a["served_by_version"].get("2", 0) > 0,
         "no_version_1_answer_started_after_swap": a["v1_answers_started_after_swap"] == 0,
     }
-    L.finish(args.out, result, records, started)
+    H.finish(args.out, result, records, started)
 
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores; client {args.client}")
     for x in actions:
@@ -123,14 +125,13 @@ def main() -> None:
     print(f"wrote {args.out} in {result['total_wall_s']} s")
 
 
-def analyse(records: list[list[Any]], actions: list[dict[str, Any]]) -> dict[str, Any]:
-    """records: [start_s, latency_s, status (0 if none), Retry-After, version, client error]."""
-    ok = [r for r in records if r[2] == 200 and r[5] is None]
-    refused = [r for r in records if r[2] in (503, 404) and r[5] is None]
-    other = L.tally([r for r in records if r[5] is None and r[2] not in (200, 503, 404)], lambda r: r[2])
-    errors = L.tally([r for r in records if r[5] is not None], lambda r: r[5])
-    versions = L.tally(ok, lambda r: r[4])
-    refused_by = L.tally(refused, lambda r: r[2])
+def analyse(records: list[G.Record], actions: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in records if r.ok]
+    refused = [r for r in records if r.status in (503, 404) and r.client_error is None]
+    other = G.tally([r for r in records if r.client_error is None and r.status not in (200, 503, 404)], lambda r: r.status)
+    errors = G.tally([r for r in records if r.client_error is not None], lambda r: r.client_error)
+    versions = G.tally(ok, lambda r: r.version)
+    refused_by = G.tally(refused, lambda r: r.status)
     swap_done = next((x["end_s"] for x in actions if "swap" in x["action"]), None)
     # Between consecutive control calls: what the traffic saw in each stretch.
     marks = sorted({0.0, *(x["start_s"] for x in actions), *(x["end_s"] for x in actions)})
@@ -141,17 +142,17 @@ def analyse(records: list[list[Any]], actions: list[dict[str, Any]]) -> dict[str
     segments = []
     for i, begin in enumerate(marks):
         end = marks[i + 1] if i + 1 < len(marks) else float("inf")
-        counts = L.tally([r for r in records if begin <= r[0] < end], lambda r: r[5] or r[2])
+        counts = G.tally([r for r in records if begin <= r.start_s < end], lambda r: r.client_error or r.status)
         segments.append({"from_s": begin, "to_s": None if end == float("inf") else end,
                          "what": labels.get(begin, "start"), "requests_started": counts})
     return {
         "sent": len(records), "served": len(ok), "refused": len(refused), "refused_by_status": refused_by,
-        "refused_with_retry_after": sum(1 for r in refused if r[3]),
+        "refused_with_retry_after": sum(1 for r in refused if r.retry_after),
         "other_statuses": other, "client_errors": errors, "served_by_version": versions,
-        "v1_answers_started_after_swap": sum(1 for r in ok if swap_done is not None and r[0] > swap_done
-                                             and str(r[4]) == "1"),
-        "ok_latency_ms": L.latency_summary([r[1] for r in ok]),
-        "max_latency_ms": round(max((r[1] for r in records), default=0) * 1000, 3),
+        "v1_answers_started_after_swap": sum(1 for r in ok if swap_done is not None and r.start_s > swap_done
+                                             and str(r.version) == "1"),
+        "ok_latency_ms": G.latency_summary([r.latency_s for r in ok]),
+        "max_latency_ms": round(max((r.latency_s for r in records), default=0) * 1000, 3),
         "segments": segments,
     }
 
