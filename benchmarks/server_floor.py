@@ -92,7 +92,7 @@ def minimal_app(repository_root: Path, instances: int, max_batch_size: int
     from inferd.serve.repository import ModelRepository
     from inferd.serve.settings import ServingSettings
     from inferd.serve.v2.decode import decode_request
-    from inferd.serve.v2.encode import binary_outputs_for, encode_response
+    from inferd.serve.v2.encode import encode_response
     from inferd.serve.v2.inference import run_inference
     from inferd.serve.v2.metadata import statistics
 
@@ -116,7 +116,7 @@ def minimal_app(repository_root: Path, instances: int, max_batch_size: int
             entry = repository.get(path.split("/")[3])
             decoded = decode_request(body, _header(scope, G.INFERENCE_HEADER.lower().encode()))
             response = await run_inference(entry, decoded, max_image_pixels=DEFAULT_MAX_PIXELS)
-            payload, header_length = encode_response(response, binary_outputs=binary_outputs_for(decoded, False))
+            payload, header_length = encode_response(response)
             await _answer(send, payload, [(b"content-type", b"application/octet-stream"),
                                           (G.INFERENCE_HEADER.lower().encode(), str(header_length).encode())])
 

@@ -13,7 +13,8 @@ import tritonclient.http as httpclient
 
 from inferd.errors import InvalidInput, PayloadTooLarge
 from inferd.serve.v2.decode import decode_request
-from inferd.serve.v2.encode import binary_outputs_for, encode_response
+from inferd.serve.v2.encode import encode_response
+from inferd.serve.v2.request import binary_outputs_for
 from inferd.serve.v2.types import DATATYPES, InferRequest, InferResponse, RequestedOutput, datatype_of
 
 Client = httpclient.InferenceServerClient
@@ -197,7 +198,7 @@ def test_tritonclient_reads_encoded_response(datatype: str, binary: bool) -> Non
     expected = SAMPLES[datatype]
     if datatype == "BF16" and not binary:  # tritonclient's np.array(data, bfloat16) cannot parse "NaN" words
         expected = expected[:1]
-    body, header_length = encode_response(response_of({"y": expected}), binary_outputs=binary)
+    body, header_length = encode_response(response_of({"y": expected}, binary_outputs=binary))
     assert (header_length is not None) == binary
     json.loads(body[:header_length], parse_constant=pytest.fail)  # strictly valid JSON, non-finite floats included
     result = triton_parse(body, header_length)
@@ -209,7 +210,7 @@ def test_tritonclient_reads_encoded_response(datatype: str, binary: bool) -> Non
 def test_response_mixes_binary_and_json_outputs_in_order() -> None:
     arrays = {"a": SAMPLES["FP32"], "b": SAMPLES["INT16"], "c": SAMPLES["BYTES"], "d": SAMPLES["UINT8"]}
     body, header_length = encode_response(
-        response_of(arrays, model_version="3", id="r1", parameters={"k": 1}), binary_outputs={"a", "c", "d"}
+        response_of(arrays, model_version="3", id="r1", parameters={"k": 1}, binary_outputs={"a", "c", "d"})
     )
     result = triton_parse(body, header_length)
     header = result.get_response()
@@ -222,7 +223,7 @@ def test_response_mixes_binary_and_json_outputs_in_order() -> None:
 
 
 def test_response_omits_absent_fields() -> None:
-    body, header_length = encode_response(response_of({"y": np.array(5, dtype=np.int32)}), binary_outputs=False)
+    body, header_length = encode_response(response_of({"y": np.array(5, dtype=np.int32)}, binary_outputs=False))
     assert header_length is None
     assert json.loads(body) == {"model_name": "m", "outputs": [
         {"name": "y", "datatype": "INT32", "shape": [], "data": [5]},
@@ -230,12 +231,12 @@ def test_response_omits_absent_fields() -> None:
 
 
 def test_non_finite_floats_become_words_in_json() -> None:
-    body, _ = encode_response(response_of({"y": np.array([np.nan, np.inf, -np.inf, 1.0])}), binary_outputs=False)
+    body, _ = encode_response(response_of({"y": np.array([np.nan, np.inf, -np.inf, 1.0])}, binary_outputs=False))
     assert json.loads(body)["outputs"][0]["data"] == ["NaN", "Infinity", "-Infinity", 1.0]
 
 
 def test_non_utf8_bytes_fall_back_to_binary() -> None:
-    body, header_length = encode_response(response_of({"y": NON_UTF8}), binary_outputs=False)
+    body, header_length = encode_response(response_of({"y": NON_UTF8}, binary_outputs=False))
     assert header_length is not None
     assert_same(triton_parse(body, header_length).as_numpy("y"), NON_UTF8)
 
@@ -244,7 +245,7 @@ def test_encodes_strided_big_endian_and_string_dtypes() -> None:
     strided = np.arange(12, dtype=">i4").reshape(3, 4)[:, ::2]
     strings = np.array(["ab", "c\u00e9"])
     for binary in (True, False):
-        body, header_length = encode_response(response_of({"s": strided, "t": strings}), binary_outputs=binary)
+        body, header_length = encode_response(response_of({"s": strided, "t": strings}, binary_outputs=binary))
         result = triton_parse(body, header_length)
         assert_same(result.as_numpy("s"), strided.astype(np.int32))
         assert [item if isinstance(item, str) else item.decode() for item in result.as_numpy("t")] == ["ab", "c\u00e9"]
@@ -253,13 +254,13 @@ def test_encodes_strided_big_endian_and_string_dtypes() -> None:
 def test_bytes_output_of_other_objects_is_a_model_bug() -> None:
     for binary in (True, False):
         with pytest.raises(TypeError, match="got int"):
-            encode_response(response_of({"y": np.array([b"a", 3], dtype=object)}), binary_outputs=binary)
+            encode_response(response_of({"y": np.array([b"a", 3], dtype=object)}, binary_outputs=binary))
 
 
 def test_empty_outputs_round_trip() -> None:
     arrays = {"e": np.zeros((2, 0), dtype=np.float32), "b": np.empty((0,), dtype=object)}
     for binary in (True, False):
-        body, header_length = encode_response(response_of(arrays), binary_outputs=binary)
+        body, header_length = encode_response(response_of(arrays, binary_outputs=binary))
         result = triton_parse(body, header_length)
         assert result.as_numpy("e").shape == (2, 0)
         assert result.as_numpy("b").shape == (0,)
@@ -268,7 +269,7 @@ def test_empty_outputs_round_trip() -> None:
 def test_own_response_values_decode_as_request_data() -> None:
     """Outputs may be fed back as inputs (pipelines), so the JSON words for non-finite floats are accepted too."""
     for datatype in ("FP16", "BF16", "FP32", "FP64", "INT64", "UINT64", "BOOL", "BYTES"):
-        body, _ = encode_response(response_of({"x": SAMPLES[datatype]}), binary_outputs=False)
+        body, _ = encode_response(response_of({"x": SAMPLES[datatype]}, binary_outputs=False))
         (output,) = json.loads(body)["outputs"]
         (tensor,) = decode_request(request_json([output]), None).inputs
         assert_same(tensor.data, SAMPLES[datatype])

@@ -26,7 +26,7 @@ import numpy as np
 from inferd.errors import InferdError, InvalidModelName, ModelNotFound, NotReady
 from inferd.package import MANIFEST_FILE
 from inferd.runtime import CompiledModel, load
-from inferd.serve.batching.inputs import BatchInputs, TextInputs
+from inferd.serve.batching.inputs import BatchInputs, Checked, TextInputs
 from inferd.serve.batching.scheduler import BatchObserver, DynamicBatcher
 from inferd.serve.metrics.series import resident_memory_bytes
 from inferd.serve.settings import ServingSettings, load_serving_settings, with_overrides
@@ -117,7 +117,7 @@ class ModelEntry:
         self.batcher.admit()
 
     async def infer(
-        self, feeds: Mapping[str, Any], *, timeout_s: float | None = None,
+        self, feeds: Mapping[str, Any] | Checked, *, timeout_s: float | None = None,
         disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run through the dynamic batcher with the request's deadline; without one the batcher applies the model's."""

@@ -10,14 +10,16 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from inferd.errors import InvalidInput, ModelNotFound
-from inferd.io import Prediction, texts_from
+from inferd.io import Prediction
 from inferd.runtime import CompiledModel
 from inferd.serve import text
+from inferd.serve.batching.inputs import Checked, text_rows
 from inferd.serve.disconnect import when_client_gone
 from inferd.serve.images import classify
 from inferd.serve.repository import ModelRepository
@@ -184,8 +186,9 @@ async def predict_batch(
 TEXTS_EXAMPLE = {"inputs": ["a cat", "a kitten", "stock market"]}
 
 
-def _texts(body: bytes) -> list[str]:
-    """The texts of an /embed body: a JSON list of strings, or {"inputs": [...]} as in Hugging Face's APIs."""
+def _texts(body: bytes) -> np.ndarray:
+    """The texts of an /embed body, a JSON list of strings or {"inputs": [...]} as in Hugging Face's APIs, checked
+    once and held as the batcher carries them."""
     usage = 'send a JSON list of strings like ["a cat", "a dog"], or {"inputs": ["a cat", "a dog"]}'
     payload: Any = loads(body, "the body", usage)
     if isinstance(payload, dict):
@@ -195,18 +198,23 @@ def _texts(body: bytes) -> list[str]:
         payload = payload["inputs"]
     if not isinstance(payload, list):
         raise InvalidInput(f"expected a list of texts, got {type(payload).__name__}; {usage}")
-    return texts_from(payload)
+    return text_rows(payload)
 
 
 async def _embed(request: Request, name: str, timeout_ms: float | None) -> EmbedResponse:
     started = time.perf_counter()
     entry = _repository(request).get(name)
     request.state.model, request.state.model_version = entry.name, entry.version  # labels for metrics and logs
-    text.text_spec(entry.model, entry.name)  # a wrong model is named before the body is read
+    spec = text.text_spec(entry.model, entry.name)  # a wrong model is named before the body is read
     entry.admit()
     texts = _texts(await request.body())
-    embeddings = await text.embed(entry, texts, timeout_s=timeout_ms / 1000 if timeout_ms else None,
-                                  disconnected=when_client_gone(request))
+    outputs = [output.name for output in entry.model.manifest.outputs]
+    if len(outputs) != 1:
+        raise InvalidInput(f"model {entry.name!r} has outputs {outputs}, not one embedding; "
+                           f"use /v2/models/{entry.name}/infer")
+    result = await entry.infer(Checked({spec.name: texts}), timeout_s=timeout_ms / 1000 if timeout_ms else None,
+                               disconnected=when_client_gone(request))
+    embeddings = result[outputs[0]]
     return EmbedResponse(model=entry.name, version=entry.version, embeddings=embeddings.tolist(),
                          dim=int(embeddings.shape[1]), latency_ms=(time.perf_counter() - started) * 1000)
 

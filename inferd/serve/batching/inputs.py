@@ -1,7 +1,8 @@
 """What a queued request carries and how requests merge into one engine run: tensors, or a text model's strings.
 
 The scheduler (`inferd.serve.batching.scheduler`) only decides which requests
-leave together; an inputs object checks each request on arrival, says which
+leave together; an inputs object checks each request on arrival (unless a face
+has checked it already, in its protocol's terms: `Checked`), says which
 requests may share a batch (equal signatures), and runs a batch on a worker
 thread: merge, infer, split the outputs back per request, with the rows of
 each request as the bounds (`inferd.runtime.batches`).
@@ -19,7 +20,8 @@ exactly what the model computes for those texts sent together.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,6 +34,14 @@ from inferd.serve.text import text_spec
 
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
 Outputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A request's inputs after its one check against the model, made by a face in its protocol's terms (V2
+    names datatypes its own way): the batcher queues them as they are instead of checking them again."""
+
+    feeds: dict[str, np.ndarray]
 
 _TEXT_SIGNATURE: Signature = (("text", (), "str"),)
 """Every text request may join every other: the merged batch is tokenized, and so padded, as one."""
@@ -114,7 +124,7 @@ class TextInputs:
         if not isinstance(values, list | tuple):
             shape = f" of shape {list(values.shape)}" if isinstance(values, np.ndarray) else ""
             raise InvalidInput(f"input {self.spec.name!r} must be a flat list of texts; got {type(values).__name__}{shape}")
-        return {self.spec.name: _strings(texts_from(values))}
+        return {self.spec.name: text_rows(values)}
 
     def signature(self, feeds: Mapping[str, np.ndarray]) -> Signature:
         return _TEXT_SIGNATURE
@@ -134,8 +144,10 @@ class TextInputs:
         return split(outputs, [rows(feeds) for feeds in requests]), sum(engine_s)
 
 
-def _strings(texts: Sequence[str]) -> np.ndarray:
-    """A 1-D object array of the texts: the scheduler counts rows on the leading axis of an array."""
+def text_rows(values: Iterable[object]) -> np.ndarray:
+    """A text request's strings as the batcher carries them, once checked (`inferd.io.texts_from`): a 1-D object
+    array, since the scheduler counts rows on the leading axis of an array."""
+    texts = texts_from(values)
     array = np.empty(len(texts), dtype=object)
-    array[:] = list(texts)
+    array[:] = texts
     return array

@@ -43,7 +43,7 @@ from typing import Any, Protocol
 from inferd.errors import InferdError, NotReady, Overloaded
 from inferd.runtime.batches import rows as rows_of
 from inferd.runtime.compiled import CompiledModel
-from inferd.serve.batching.inputs import BatchInputs, Outputs, TensorInputs
+from inferd.serve.batching.inputs import BatchInputs, Checked, Outputs, TensorInputs
 from inferd.serve.batching.queued import BatchRun, QueuedRequest
 from inferd.serve.malloc import MemoryTrimmer
 from inferd.serve.settings import ServingSettings
@@ -114,7 +114,7 @@ class DynamicBatcher:
 
     async def submit(
         self,
-        feeds: Mapping[str, Any],
+        feeds: Mapping[str, Any] | Checked,
         *,
         deadline: float | None = None,
         disconnected: Callable[[], Awaitable[object]] | None = None,
@@ -124,9 +124,10 @@ class DynamicBatcher:
         `deadline` is a `time.monotonic()` instant; it bounds the time in the queue
         only, because once a batch runs its result is on the way and abandoning it
         would save nothing. `disconnected` returns when the client has gone; a
-        request still waiting then is dropped with ClientDisconnected.
+        request still waiting then is dropped with ClientDisconnected. `feeds` are checked by the model's
+        `BatchInputs` here, unless a face has checked them already (`Checked`).
         """
-        checked = self.inputs.check(feeds)
+        checked = feeds.feeds if isinstance(feeds, Checked) else self.inputs.check(feeds)
         rows = rows_of(checked)
         self.settings.check_rows(rows)
         self.admit()

@@ -23,16 +23,12 @@ from typing import Any
 import numpy as np
 
 from inferd.errors import InvalidInput
-from inferd.serve.v2.types import InferRequest, InferResponse, SharedMemory, SharedMemoryRef, datatype_of
+from inferd.serve.v2.types import InferResponse, SharedMemory, SharedMemoryRef, datatype_of
 
 
-def encode_response(
-    response: InferResponse, *, binary_outputs: set[str] | bool, shared_memory: SharedMemory | None = None
-) -> tuple[bytes, int | None]:
-    """Encode a response; returns the body and the JSON part's length, or None when there is no binary part.
-
-    `binary_outputs` is True or False for all outputs, or the names of those to send as binary
-    (see `binary_outputs_for`); `shared_memory` receives the outputs in `response.shared_memory_outputs`.
+def encode_response(response: InferResponse, *, shared_memory: SharedMemory | None = None) -> tuple[bytes, int | None]:
+    """Encode a response as its instructions say; returns the body and the JSON part's length, or None when there
+    is no binary part. `shared_memory` receives the outputs in `response.shared_memory_outputs`.
     """
     header: dict[str, Any] = {"model_name": response.model_name}
     if response.model_version is not None:
@@ -43,6 +39,7 @@ def encode_response(
         header["parameters"] = response.parameters
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes | memoryview] = []
+    binary_outputs = response.binary_outputs
     for name, output in response.outputs:
         wants_binary = binary_outputs if isinstance(binary_outputs, bool) else name in binary_outputs
         tensor, chunk = _encode_output(name, output, wants_binary, response.shared_memory_outputs.get(name),
@@ -57,19 +54,6 @@ def encode_response(
     if not chunks:
         return text, None
     return b"".join([text, *chunks]), len(text)
-
-
-def binary_outputs_for(request: InferRequest, default_binary: bool) -> set[str] | bool:
-    """Which outputs go out as binary: an output's own `binary_data` wins, then the request's `binary_data_output`,
-    then the server's default. A bool when the client asked for all outputs, since their names are unknown here.
-    """
-    fallback = bool(request.parameters.get("binary_data_output", default_binary))
-    if request.outputs is None:
-        return fallback
-    return {
-        output.name for output in request.outputs
-        if (fallback if output.binary_data is None else output.binary_data)
-    }
 
 
 def _encode_output(

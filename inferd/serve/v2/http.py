@@ -20,7 +20,7 @@ from inferd.serve.disconnect import when_client_gone
 from inferd.serve.log_settings import LogSettings
 from inferd.serve.repository import ModelRepository
 from inferd.serve.v2.decode import INFERENCE_HEADER, decode_request
-from inferd.serve.v2.encode import binary_outputs_for, encode_response
+from inferd.serve.v2.encode import encode_response
 from inferd.serve.v2.inference import run_inference
 from inferd.serve.v2.json_values import as_object, parse_object
 from inferd.serve.v2.metadata import check_unload_parameters, serving_overrides, statistics, triton_config
@@ -194,9 +194,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     decoded = decode_request(body, request.headers.get(INFERENCE_HEADER), shared_memory=shared_memory)
     response = await run_inference(entry, decoded, max_image_pixels=request.app.state.settings.max_image_pixels,
                                    disconnected=when_client_gone(request))
-    payload, header_length = encode_response(
-        response, binary_outputs=binary_outputs_for(decoded, default_binary=False), shared_memory=shared_memory
-    )
+    payload, header_length = encode_response(response, shared_memory=shared_memory)
     if header_length is None:
         return Response(payload, media_type="application/json")
     return Response(payload, media_type="application/octet-stream", headers={INFERENCE_HEADER: str(header_length)})

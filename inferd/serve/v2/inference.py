@@ -1,7 +1,9 @@
 """One V2 inference, whichever face it came in by: a decoded request in, a response to encode out.
 
-Encoded images as BYTES for image models and UTF-8 strings as BYTES for text models end in the same
-`ModelEntry.infer` as tensors do.
+Both halves of the request's contract are settled here, once: its inputs are checked against the model and go to
+the batcher as checked (`Checked`), and what becomes of the outputs (which ones, binary or JSON, shared memory)
+is decided and carried in the response, which the faces only follow. Encoded images as BYTES for image models
+and UTF-8 strings as BYTES for text models end in the same `ModelEntry.infer` as tensors do.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import numpy as np
 
 from inferd.errors import InvalidInput
 from inferd.io import top_k
+from inferd.runtime.feeds import conform, same_batch
+from inferd.serve.batching.inputs import Checked, text_rows
 from inferd.serve.images import decode_batch
 from inferd.serve.repository import ModelEntry
 from inferd.serve.settings import MAX_TIMEOUT_S
 from inferd.serve.v2.json_values import describe
 from inferd.serve.v2.metadata import v2_datatype
-from inferd.serve.v2.types import InferInput, InferRequest, InferResponse, SharedMemoryRef
+from inferd.serve.v2.request import binary_outputs_for
+from inferd.serve.v2.types import InferInput, InferRequest, InferResponse
 from inferd.types import ImageType, TextType
 
 
@@ -28,18 +33,23 @@ async def run_inference(
     disconnected: Callable[[], Awaitable[object]] | None = None,
 ) -> InferResponse:
     """`timeout_s` is the transport's own deadline (gRPC's); the request's `timeout` parameter wins over it."""
-    feeds = await _feeds(entry, decoded, max_image_pixels)
+    feeds = await _checked(entry, decoded, max_image_pixels)
     requested = _timeout_s(decoded)
     outputs = await entry.infer(feeds, timeout_s=requested if requested is not None else timeout_s,
                                 disconnected=disconnected)
+    return _response(entry, decoded, outputs)
+
+
+def _response(entry: ModelEntry, decoded: InferRequest, outputs: dict[str, np.ndarray]) -> InferResponse:
+    """Every instruction for the outputs is decided here, once, and travels in the response for the face to follow:
+    which outputs in which order, ranked where the classification extension asks; which go out as binary over
+    HTTP (gRPC sends every output as raw bytes); and which are written to shared memory instead of the body."""
     return InferResponse(
         model_name=entry.name, model_version=entry.version, id=decoded.id,
-        outputs=_requested_outputs(entry, decoded, outputs), shared_memory_outputs=_output_regions(decoded),
+        outputs=_requested_outputs(entry, decoded, outputs),
+        shared_memory_outputs={o.name: o.shared_memory for o in decoded.outputs or () if o.shared_memory is not None},
+        binary_outputs=binary_outputs_for(decoded, default_binary=False),
     )
-
-
-def _output_regions(decoded: InferRequest) -> dict[str, SharedMemoryRef]:
-    return {o.name: o.shared_memory for o in decoded.outputs or () if o.shared_memory is not None}
 
 
 def _timeout_s(decoded: InferRequest) -> float | None:
@@ -54,29 +64,35 @@ def _timeout_s(decoded: InferRequest) -> float | None:
     return float(timeout) / 1e6
 
 
-async def _feeds(entry: ModelEntry, decoded: InferRequest, max_pixels: int) -> dict[str, np.ndarray]:
+async def _checked(entry: ModelEntry, decoded: InferRequest, max_pixels: int) -> Checked:
+    """The request's one check against the model, in V2's terms: input names, then datatypes (or BYTES holding
+    encoded images or UTF-8 texts), then each array's shape, checked and conformed as the Python API does
+    (`inferd.runtime.feeds`). The batcher queues the result as it is."""
     specs = {spec.name: spec for spec in entry.model.manifest.inputs}
     names = [i.name for i in decoded.inputs]
     if sorted(names) != sorted(specs):
         raise InvalidInput(f"model {entry.name!r} takes inputs {sorted(specs)}; the request has {sorted(names)}")
-    feeds = {}
+    values = {}
     for item in decoded.inputs:
         spec = specs[item.name]
         if isinstance(spec, TextType):
-            feeds[item.name] = _texts(item)
+            values[item.name] = _texts(item)
             continue
         if item.datatype == "BYTES" and isinstance(spec, ImageType):
             images = [bytes(x) for x in item.data.reshape(-1)]
             if not images:
                 raise InvalidInput(f"input {item.name!r} holds no images")
-            feeds[item.name] = await anyio.to_thread.run_sync(decode_batch, entry, images, max_pixels)
+            values[item.name] = await anyio.to_thread.run_sync(decode_batch, entry, images, max_pixels)
             continue
         expected = v2_datatype(spec.dtype)
         if item.datatype != expected:
             hint = " or BYTES holding encoded images" if isinstance(spec, ImageType) else ""
             raise InvalidInput(f"input {item.name!r} must be {expected}{hint}; got {item.datatype}")
-        feeds[item.name] = item.data
-    return feeds
+        values[item.name] = item.data
+    return Checked(same_batch({
+        name: text_rows(values[name].tolist()) if isinstance(spec, TextType) else conform(values[name], spec)
+        for name, spec in specs.items()
+    }))
 
 
 def _texts(item: InferInput) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The checks on a request as a whole that both faces share: its parameters, unique names, the outputs asked for.
+"""The checks on a request as a whole that both faces share: its parameters, unique names, the outputs asked for
+and the form each goes out in.
 
 Each face reads its own envelope (an HTTP JSON object, a gRPC message) and hands the parts here, so an
 `InferRequest` is held to the same rules whichever face built it.
@@ -12,7 +13,7 @@ from typing import Any
 from inferd.errors import InvalidInput
 from inferd.serve.v2.json_values import describe
 from inferd.serve.v2.tensors import shared_memory_ref
-from inferd.serve.v2.types import InferInput, RequestedOutput, SharedMemory
+from inferd.serve.v2.types import InferInput, InferRequest, RequestedOutput, SharedMemory
 
 
 def request_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -61,3 +62,16 @@ def unique_outputs(outputs: Iterable[RequestedOutput]) -> list[RequestedOutput] 
         names.add(output.name)
         checked.append(output)
     return checked or None
+
+
+def binary_outputs_for(request: InferRequest, default_binary: bool) -> set[str] | bool:
+    """Which outputs go out as binary: an output's own `binary_data` wins, then the request's `binary_data_output`,
+    then the server's default. A bool when the client asked for all outputs, since their names are unknown here.
+    """
+    fallback = bool(request.parameters.get("binary_data_output", default_binary))
+    if request.outputs is None:
+        return fallback
+    return {
+        output.name for output in request.outputs
+        if (fallback if output.binary_data is None else output.binary_data)
+    }

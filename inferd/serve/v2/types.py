@@ -107,9 +107,12 @@ class InferRequest:
 
 @dataclass(eq=False, slots=True)
 class InferResponse:
-    """What the server answers; outputs are encoded in list order, which is also the binary part's order.
+    """What the server answers, with every instruction for its outputs, decided by the data plane: the faces follow
+    them. Outputs are encoded in list order, which is also the binary part's order.
 
-    Outputs named in `shared_memory_outputs` are written to their region instead of the body.
+    Outputs named in `shared_memory_outputs` are written to their region instead of the body. Over HTTP, the
+    others go out as binary per `binary_outputs` (True or False for all, or the names of those that do), as JSON
+    otherwise; gRPC sends every output as raw bytes.
     """
 
     model_name: str
@@ -118,3 +121,4 @@ class InferResponse:
     outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     shared_memory_outputs: dict[str, SharedMemoryRef] = field(default_factory=dict)
+    binary_outputs: set[str] | bool = False
