@@ -45,6 +45,13 @@ def _shared_memory(request: Request) -> SystemSharedMemory:
     return shared_memory
 
 
+def _path(request: Request, name: str) -> str | None:
+    """A path parameter that only some of a handler's paths have (`version`, `region`), read from the path alone:
+    as a handler argument with a default, FastAPI would also take it from the query string of the other paths."""
+    value: str | None = request.path_params.get(name)
+    return value
+
+
 @router.get("")
 async def server_metadata(request: Request) -> dict[str, Any]:
     return describe_server(shared_memory=_shared_memory(request).enabled)
@@ -66,29 +73,29 @@ async def ready(request: Request) -> dict[str, bool]:
 @router.get("/models/stats")
 @router.get("/models/{model}/stats")
 @router.get("/models/{model}/versions/{version}/stats")
-async def model_stats(request: Request, model: str | None = None, version: str | None = None) -> dict[str, Any]:
-    return statistics(_repository(request), model, version)
+async def model_stats(request: Request) -> dict[str, Any]:
+    return statistics(_repository(request), _path(request, "model"), _path(request, "version"))
 
 
 @router.get("/models/{model}")
 @router.get("/models/{model}/versions/{version}")
-async def model_metadata(request: Request, model: str, version: str | None = None) -> dict[str, Any]:
+async def model_metadata(request: Request, model: str) -> dict[str, Any]:
     repository = _repository(request)
-    return describe_model(repository, repository.get(model, version))
+    return describe_model(repository, repository.get(model, _path(request, "version")))
 
 
 @router.get("/models/{model}/ready")
 @router.get("/models/{model}/versions/{version}/ready")
-async def model_ready(request: Request, model: str, version: str | None = None) -> dict[str, Any]:
-    entry = _repository(request).get(model, version)
+async def model_ready(request: Request, model: str) -> dict[str, Any]:
+    entry = _repository(request).get(model, _path(request, "version"))
     return {"name": entry.name, "version": entry.version, "ready": True}
 
 
 @router.get("/models/{model}/config")
 @router.get("/models/{model}/versions/{version}/config")
-async def model_config(request: Request, model: str, version: str | None = None) -> dict[str, Any]:
+async def model_config(request: Request, model: str) -> dict[str, Any]:
     """Triton's model configuration: dims exclude the batch dimension when max_batch_size > 0."""
-    return triton_config(_repository(request).get(model, version))
+    return triton_config(_repository(request).get(model, _path(request, "version")))
 
 
 @router.get("/logging")
@@ -150,8 +157,8 @@ class RegionRegistration(BaseModel):
 
 @router.get("/systemsharedmemory/status")
 @router.get("/systemsharedmemory/region/{region}/status")
-async def shared_memory_status(request: Request, region: str | None = None) -> list[dict[str, Any]]:
-    return _shared_memory(request).status(region)
+async def shared_memory_status(request: Request) -> list[dict[str, Any]]:
+    return _shared_memory(request).status(_path(request, "region"))
 
 
 _REGISTRATION_BODY = {"required": True, "content": {"application/json": {
@@ -176,8 +183,8 @@ async def register_shared_memory(request: Request, region: str) -> dict[str, Any
 
 @router.post("/systemsharedmemory/unregister")
 @router.post("/systemsharedmemory/region/{region}/unregister")
-async def unregister_shared_memory(request: Request, region: str | None = None) -> dict[str, Any]:
-    _shared_memory(request).unregister(region)
+async def unregister_shared_memory(request: Request) -> dict[str, Any]:
+    _shared_memory(request).unregister(_path(request, "region"))
     return {}
 
 
@@ -186,8 +193,8 @@ async def unregister_shared_memory(request: Request, region: str | None = None) 
 
 @router.post("/models/{model}/infer")
 @router.post("/models/{model}/versions/{version}/infer")
-async def infer(request: Request, model: str, version: str | None = None) -> Response:
-    entry = _repository(request).get(model, version)
+async def infer(request: Request, model: str) -> Response:
+    entry = _repository(request).get(model, _path(request, "version"))
     entry.admit()  # refuse overload before buffering the body: memory stays flat under a flood
     body = await request.body()
     shared_memory = _shared_memory(request)
@@ -211,7 +218,7 @@ def fast_infer_routes() -> list[Route]:
     """
 
     async def endpoint(request: Request) -> Response:
-        return await infer(request, **request.path_params)
+        return await infer(request, request.path_params["model"])
 
     return [Route(f"{router.prefix}{path}", endpoint, methods=["POST"], include_in_schema=False)
             for path in ("/models/{model}/infer", "/models/{model}/versions/{version}/infer")]
