@@ -134,9 +134,11 @@ class ModelPackage:
         return ModelPackage(self.manifest, model=self._model, path=self.path, assets=self.assets, samples=samples)
 
     def size_bytes(self) -> int:
+        """Bytes of what serving reads: the graph, its weights and assets. The samples are measurement data kept
+        beside the model, so a compression ratio or a memory budget does not count them."""
         if self.path is None:
             return self.onnx_model.ByteSize()
-        return sum((self.path / relative).stat().st_size for relative in self.manifest.files)
+        return sum((self.path / relative).stat().st_size for relative in self.manifest.files if relative != SAMPLES_FILE)
 
     # -- checking ------------------------------------------------------------------------------
 
