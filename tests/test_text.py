@@ -70,7 +70,7 @@ def test_manifest_refuses_a_graph_input_fed_twice() -> None:
 def test_package_ships_tokenizer_and_records_fidelity(text_package: Path) -> None:
     package = ModelPackage.load(text_package)
     package.validate()
-    assert set(package.manifest.files) == {"model.onnx", "tokenizer.json"}
+    assert set(package.manifest.files) == {"model.onnx", "tokenizer.json", "samples.npz"}  # real sentences, tokenized
     (spec,) = package.manifest.inputs
     assert isinstance(spec, TextType) and spec.max_length == 256
     graph_inputs = [i.name for i in package.onnx_model.graph.input]
