@@ -80,7 +80,7 @@ def main(rounds: int = 3, runs_per_round: int = 20) -> None:
     eval_set = build_eval_set(original.manifest, None, 500)
     feeds = calibration_feeds(original.manifest, None, 64)
     reference = predict(original.onnx_model, eval_set)
-    images = eval_set.inputs[original.manifest.inputs[0].name]
+    images = eval_set.batch(0, len(eval_set))[original.manifest.inputs[0].name]
 
     started = time.perf_counter()
     quantization = StaticQuantization(original, None, samples=64)

@@ -37,9 +37,9 @@ def int8_targets(fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, Any]:
     """The three int8 targets, which one int8 configuration has to meet together."""
     fastest_fp32 = min(fp32["latency_ms"][b] for b in ("onnxruntime", "openvino"))
     fastest_int8 = min(int8["latency_ms"][b] for b in ("onnxruntime", "openvino"))
+    top1 = next(o["metrics"]["top1_agreement"] for o in int8["outputs"] if o["kind"] == "classifier")
     return {
-        "top1_agreement": {"measured": int8["top1_agreement"], "target": ">= 0.98",
-                           "met": int8["top1_agreement"] >= 0.98},
+        "top1_agreement": {"measured": top1, "target": ">= 0.98", "met": top1 >= 0.98},
         "vs_default_latency": {"measured": round(fastest_int8 / fp32["latency_ms"]["auto"], 3), "target": "<= 0.85",
                                "met": fastest_int8 / fp32["latency_ms"]["auto"] <= 0.85},
         "vs_fp32_latency": {"measured": round(fastest_int8 / fastest_fp32, 3), "target": "<= 0.6",

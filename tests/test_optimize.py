@@ -119,7 +119,7 @@ def test_palettization_with_calibration_data_picks_entries_by_gptq(
     digits: tuple[ModelPackage, EvalSet, Path], tmp_path: Path
 ) -> None:
     """Same tables, entries chosen with error feedback: the outputs move less than with the nearest entries."""
-    from inferd.optimize.evaluate import fidelity
+    from inferd.optimize import fidelity
 
     package, eval_set, calibration = digits
     nearest = palettize(package, 2, group_size=4)
@@ -139,7 +139,7 @@ def test_palettized_package_runs_on_every_backend(digits: tuple[ModelPackage, Ev
     small = palettize(package, 4).save(tmp_path / "pal")
     expected = predict(small.onnx_model, eval_set)[:1]
     for backend in ("onnxruntime", "openvino"):
-        got = load(small, backend=backend, precision="fp32").predict({"digits": eval_set.inputs["digits"][:1]})
+        got = load(small, backend=backend, precision="fp32").predict({"digits": eval_set.batch(0, 1)["digits"]})
         np.testing.assert_allclose(np.asarray(next(iter(got.values()))).reshape(1, -1), expected, atol=1e-3)
 
 
@@ -208,6 +208,30 @@ def test_calibration_folder_errors(digits: tuple[ModelPackage, EvalSet, Path], t
         quantize_static(image_package, tmp_path / "empty")
 
 
+@pytest.mark.parametrize("method", ["percentile", "entropy", "minmax"])
+def test_calibration_one_sample_at_a_time_matches_all_at_once(
+    method: Method, digits: tuple[ModelPackage, EvalSet, Path], tmp_path: Path
+) -> None:
+    """onnxruntime's calibrator holds every tensor of every sample it is given (23 GB on a 736x736 detector);
+    inferd gives it one sample at a time and must still get the ranges it computes from all of them at once."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    from inferd.optimize.calibration import FeedReader, calibration_feeds
+    from inferd.optimize.int8 import _CALIBRATOR_OPTIONS, _CALIBRATORS, activation_ranges
+
+    package, _, calibration = digits
+    assert package.path is not None
+    model, feeds = package.path / "model.onnx", calibration_feeds(package.manifest, calibration, 64)
+    streamed = activation_ranges(model, feeds, method, tmp_path)
+    whole = create_calibrator(model, augmented_model_path=str(tmp_path / "whole.onnx"),
+                              calibrate_method=_CALIBRATORS[method], extra_options=_CALIBRATOR_OPTIONS[method])
+    whole.collect_data(FeedReader([feeds[i] for i in range(len(feeds))]))
+    expected = whole.compute_data()
+    assert len(feeds) == 64 and set(streamed.keys()) == set(expected.keys())
+    for name, data in expected.items():
+        np.testing.assert_array_equal(np.asarray(streamed[name].range_value), np.asarray(data.range_value), name)
+
+
 def test_static_int8_weights_fit_int16_pairs(digits: tuple[ModelPackage, EvalSet, Path]) -> None:
     """uint8 x int8 kernels without VNNI add neighbouring products in a saturating int16: 255 * 128 must bound them."""
     from onnx import numpy_helper
@@ -228,7 +252,7 @@ def test_static_int8_weights_fit_int16_pairs(digits: tuple[ModelPackage, EvalSet
 
 def test_static_int8_keeps_chosen_layers_float_from_one_calibration(digits: tuple[ModelPackage, EvalSet, Path]) -> None:
     """Layers kept in float read the float weights and activations again; no calibration is repeated for them."""
-    from inferd.optimize.evaluate import fidelity
+    from inferd.optimize import fidelity
     from inferd.optimize.int8 import StaticQuantization
 
     package, eval_set, calibration = digits
@@ -260,7 +284,7 @@ def test_static_int8_keeps_chosen_layers_float_from_one_calibration(digits: tupl
 
 def test_static_int8_with_every_candidate_float_is_the_float_model(digits: tuple[ModelPackage, EvalSet, Path]) -> None:
     """The guard's candidates are layers and activations; all of them in float leave no quantization at all."""
-    from inferd.optimize.evaluate import fidelity
+    from inferd.optimize import fidelity
     from inferd.optimize.int8 import StaticQuantization
 
     package, eval_set, calibration = digits
@@ -292,7 +316,7 @@ def test_max_drop_keeps_int8_activations_float_when_layers_are_not_enough(
     package, eval_set, _ = digits
     name = package.manifest.inputs[0].name
     faint = tmp_path / "faint.npz"
-    np.savez(faint, **{name: eval_set.inputs[name][:16] * 0.2})
+    np.savez(faint, **{name: eval_set.batch(0, 16)[name] * 0.2})
     baseline = accuracy(package, eval_set)
     quantization = StaticQuantization(package, faint)
     assert baseline - accuracy(quantization.keeping_float(), eval_set) > 1.0  # the budget breaks on its own

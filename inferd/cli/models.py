@@ -153,49 +153,73 @@ def optimize(
     eval_data: Annotated[Path | None, typer.Option(
         help="evaluation data: a folder per class, or an .npz (inputs + optional 'labels'); "
         "default: crops, flips and colour jitter of sample photos")] = None,
-    eval_samples: Annotated[int, typer.Option(min=16, help="size of the generated evaluation set")] = 500,
+    eval_samples: Annotated[int | None, typer.Option(
+        min=16, help="size of the generated evaluation set (default: 500 for --report or --max-drop, else 32 for "
+        "the floor; fewer for inputs larger than 224x224, so each costs about the same)")] = None,
     report: Annotated[bool, typer.Option("--report", help="measure size, latency and fidelity of every step")] = False,
     report_json: Annotated[Path | None, typer.Option("--report-json", help="also write the report as JSON")] = None,
     backends: Annotated[list[str], typer.Option("--backend", "-b", help="backends the report times")] = [  # noqa: B006
         "onnxruntime", "openvino"],
     force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
+    force_unusable: Annotated[bool, typer.Option(
+        "--force-unusable", help="write the package even when it falls below the floor (see README)")] = False,
 ) -> None:
-    """Compress a package (fp16, int8, palettization, pruning) and report what it cost in accuracy and gained in size."""
+    """Compress a package (fp16, int8, palettization, pruning) and report what it cost in accuracy and gained in size.
+
+    The result is measured against the original first; a package below the floor (a destroyed model) is not
+    written unless --force-unusable."""
+    from rich.panel import Panel
+
     from inferd import optimize as opt
     from inferd.bench.compression import render as render_report
     from inferd.bench.compression import report as compression_report
     from inferd.bench.compression import report_json as compression_report_json
+    from inferd.optimize.evalset import default_eval_set
+    from inferd.optimize.floor import FLOOR, judge
     from inferd.package import ModelPackage
     from inferd.runtime.check import save_checked
 
     if output.exists() and not force:
         raise InferdError(f"{output} already exists; pass --force to replace it or choose another --output")
-    opt.parse(pipeline)  # reject a bad pipeline before loading anything
+    steps = opt.parse(pipeline)  # reject a bad pipeline before loading anything
     original = ModelPackage.load(package_path(package))
-    eval_set = None
-    if max_drop is not None or report or report_json:
-        with console.status("building the evaluation set"):
-            eval_set = opt.build_eval_set(original.manifest, eval_data, eval_samples)
+    wants_report = report or report_json is not None
     results = []
-    with console.status(f"compressing {original.manifest.name}: {pipeline}"):
+    with render.progress() as bar, opt.reporting(render.listener(bar)):
+        eval_set = default_eval_set(original.manifest, eval_data, eval_samples,
+                                    thorough=wants_report or max_drop is not None)
+        compressing = bar.add_task(f"compressing {original.manifest.name}: {pipeline}", total=len(steps))
         for step, result in opt.compress_each(original, pipeline, calibration=calibration, method=method,  # type: ignore[arg-type]
                                               max_drop=max_drop, eval_data=eval_set):
             kept = result.manifest.compression[-1].details.get("accuracy_guard", {}).get("kept", [])
             note = f" (kept at full precision, {len(kept)}: {', '.join(kept)})" if kept else ""
             console.print(f"[green]done:[/green] {step}{note}")
             results.append(result)
-    with console.status(f"writing {output} and loading it on every backend"):
-        saved = save_checked(results[-1], output, overwrite=force)
-    console.print(f"[green]wrote[/green] {output} ({saved.size_bytes() / 1e6:.2f} MB, "
-                  f"from {original.size_bytes() / 1e6:.2f} MB)")
-    if eval_set is not None and (report or report_json):
-        with console.status("measuring size, fidelity and latency of every step"):
-            result_report = compression_report(original, [*results[:-1], saved], eval_set, backends=backends)
+            bar.advance(compressing)
+        verdict = judge(original, results[-1], eval_set)
+    if verdict.unmeasured:
+        console.print(f"[yellow]warning: the floor was not checked[/yellow]: {verdict.unmeasured}", soft_wrap=True)
+    if verdict.below:
+        console.print(Panel("\n".join(verdict.below) + f"\n\nfloor: {FLOOR.describe()}", border_style="red",
+                            title=f"{pipeline} destroys {original.manifest.name} (on {eval_set.description})"))
+    refused = bool(verdict.below) and not force_unusable
+    if not refused:
+        with console.status(f"writing {output} and loading it on every backend"):
+            results[-1] = save_checked(results[-1], output, overwrite=force)
+        console.print(f"[green]wrote[/green] {output} ({results[-1].size_bytes() / 1e6:.2f} MB, "
+                      f"from {original.size_bytes() / 1e6:.2f} MB)")
+    if wants_report:  # also for a refused package: the report shows what it would have cost
+        with render.progress() as bar, opt.reporting(render.listener(bar)):
+            result_report = compression_report(original, results, verdict.reference or eval_set, backends=backends)
         out.print(render_report(result_report))
         if report_json:
             report_json.parent.mkdir(parents=True, exist_ok=True)
             report_json.write_text(compression_report_json(result_report))
             console.print(f"wrote {report_json}")
+    if refused:
+        raise InferdError(f"nothing written to {output}: the compressed model is below the floor; choose a milder "
+                          "compression (--max-drop keeps the layers it hurts most), or pass --force-unusable to "
+                          "write it anyway")
 
 
 def predict(

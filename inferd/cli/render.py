@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -28,7 +37,21 @@ def error(message: str) -> None:
 
 def progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+                    TextColumn("elapsed,"), TimeRemainingColumn(), TextColumn("left"), console=console, transient=True)
+
+
+def listener(bar: Progress) -> Callable[[int, str, int, int], None]:
+    """Shows the progress `inferd.optimize` reports as bars that go away when their work is done."""
+    tasks: dict[int, TaskID] = {}
+
+    def listen(key: int, description: str, done: int, total: int) -> None:
+        if key not in tasks:
+            tasks[key] = bar.add_task(description, total=total)
+        bar.update(tasks[key], completed=done)
+        if done >= total:
+            bar.remove_task(tasks.pop(key))
+
+    return listen
 
 
 def key_values(title: str, rows: dict[str, str]) -> None:

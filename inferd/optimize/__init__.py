@@ -9,18 +9,25 @@ from __future__ import annotations
 
 from inferd.optimize.errors import AccuracyBudgetError, OptimizeError
 from inferd.optimize.evalset import EvalSet, augmented_photos, build_eval_set
-from inferd.optimize.evaluate import fidelity, predict
+from inferd.optimize.evaluate import Reference, predict
+from inferd.optimize.floor import FLOOR, Floor, shortfalls
 from inferd.optimize.fp16 import to_fp16
 from inferd.optimize.guard import guarded
 from inferd.optimize.int8 import quantize_static, quantize_weights
+from inferd.optimize.metrics import OutputFidelity, fidelity
 from inferd.optimize.palettize import palettize
 from inferd.optimize.pipeline import compress, compress_each, parse
+from inferd.optimize.progress import reporting
 from inferd.optimize.prune import prune
 
 __all__ = [
+    "FLOOR",
     "AccuracyBudgetError",
     "EvalSet",
+    "Floor",
     "OptimizeError",
+    "OutputFidelity",
+    "Reference",
     "augmented_photos",
     "build_eval_set",
     "compress",
@@ -33,5 +40,7 @@ __all__ = [
     "prune",
     "quantize_static",
     "quantize_weights",
+    "reporting",
+    "shortfalls",
     "to_fp16",
 ]

@@ -11,7 +11,7 @@ static int8, a lookup table for palettization.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import helper
 
 from inferd.optimize.calibration import Feeds
+from inferd.optimize.progress import task
 
 _ROWS_PER_SAMPLE = 1024  # input rows per calibration sample and layer that enter the second moments
 _DAMP = 0.01  # GPTQ's dampening of the second moments, as a fraction of their mean diagonal
@@ -89,7 +90,7 @@ def _rows(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
     return windows.reshape(-1, channels, kh * kw).transpose(1, 0, 2)
 
 
-def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], feeds: list[Feeds]) -> dict[str, np.ndarray]:
+def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], feeds: Sequence[Feeds]) -> dict[str, np.ndarray]:
     """E[x x^T] per layer and group over the calibration feeds; rows are subsampled to bound the cost."""
     if not layers:  # onnxruntime reads an empty list of output names as "all outputs"
         return {}
@@ -104,6 +105,7 @@ def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], feeds: l
     rng = np.random.default_rng(0)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
+    advance = task("measuring layer inputs", len(feeds))
     for feed in feeds:
         values = dict(zip(names, session.run(names, feed), strict=True))
         for node in layers:
@@ -113,4 +115,5 @@ def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], feeds: l
             rows = np.concatenate([rows, np.ones((*rows.shape[:2], 1), np.float32)], axis=2)
             sums[node.name] = sums.get(node.name, 0) + np.matmul(rows.transpose(0, 2, 1), rows).astype(np.float64)
             counts[node.name] = counts.get(node.name, 0) + rows.shape[1]
+        advance(1)
     return {name: total / counts[name] for name, total in sums.items()}

@@ -34,16 +34,17 @@ import contextlib
 import io
 import os
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 from onnxruntime.quantization import quantize_static as ort_quantize_static
-from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
+from onnxruntime.quantization.calibrate import HistogramCollector, TensorsData, create_calibrator, save_tensors_data
 
 from inferd.manifest import CompressionStep
 from inferd.optimize._gptq import attribute, gptq, input_moments, output_first, supports
@@ -61,6 +62,7 @@ from inferd.optimize._graph import (
 )
 from inferd.optimize.calibration import FeedReader, Feeds, calibration_feeds
 from inferd.optimize.errors import OptimizeError
+from inferd.optimize.progress import task
 from inferd.package import ModelPackage
 
 WEIGHTS_KIND = "int8-weights"
@@ -132,14 +134,62 @@ _CALIBRATOR_OPTIONS: dict[Method, dict[str, Any]] = {
 }
 
 
-def activation_ranges(model_path: Path, feeds: list[Feeds], method: Method, workdir: Path) -> TensorsData:
-    """Every float tensor's calibrated range, computed as `method` says."""
-    calibrator = create_calibrator(
-        model_path, augmented_model_path=str(workdir / "augmented.onnx"),
-        calibrate_method=_CALIBRATORS[method], extra_options=_CALIBRATOR_OPTIONS[method],
-    )
-    calibrator.collect_data(FeedReader(feeds))
+def activation_ranges(model_path: Path, feeds: Sequence[Feeds], method: Method, workdir: Path) -> TensorsData:
+    """Every float tensor's calibrated range, computed as `method` says, holding one sample's tensors at a time.
+
+    onnxruntime's calibrator keeps every intermediate tensor of every sample it
+    is handed until it builds its histograms (tens of GB for a 736x736 text
+    detector). It merges histograms across calls, so handing it one sample per
+    call bounds the memory, but its bins would then take their width from the
+    first sample. So the range of every tensor over all samples is measured
+    first (min-max calibration, one sample at a time, cheap), and the histograms
+    start out spanning it: the ranges come out as onnxruntime computes them from
+    all samples at once.
+    """
+    ranges = _minmax(model_path, feeds, workdir, "calibrating: activation ranges" if method == "minmax" else
+                     "calibrating: activation ranges (pass 1 of 2)")
+    if method == "minmax":
+        return ranges
+    calibrator = _calibrator(model_path, method, workdir / "histograms.onnx")
+    collector = HistogramCollector(method=calibrator.method, symmetric=calibrator.symmetric,
+                                   num_bins=calibrator.num_bins, num_quantized_bins=calibrator.num_quantized_bins,
+                                   percentile=calibrator.percentile, scenario=calibrator.scenario)
+    for name, data in ranges.items():
+        # the entry onnxruntime's HistogramCollector.collect_value makes from a first batch holding every sample
+        low, high = (np.asarray(value, dtype=np.float32).reshape(-1)[0] for value in data.range_value)
+        threshold = np.array(max(abs(low), abs(high)), dtype=np.float32)
+        hist, edges = np.histogram(np.zeros(0, np.float32), calibrator.num_bins,
+                                   range=(-threshold, threshold))  # type: ignore[arg-type]  # float32, as onnxruntime
+        collector.histogram_dict[name] = (hist, edges, low, high, threshold)
+    calibrator.collector = collector
+    _collect(calibrator, feeds, "calibrating: activation histograms (pass 2 of 2)")
     return calibrator.compute_data()
+
+
+def _minmax(model_path: Path, feeds: Sequence[Feeds], workdir: Path, description: str) -> TensorsData:
+    """Min-max ranges, with the calibrator (and its session's memory) gone when they are returned."""
+    calibrator = _calibrator(model_path, "minmax", workdir / "minmax.onnx")
+    _collect(calibrator, feeds, description)
+    return calibrator.compute_data()
+
+
+def _calibrator(model_path: Path, method: Method, augmented: Path) -> Any:
+    """onnxruntime's calibrator, whose session runs without the CPU memory arena: the arena would keep the peak of
+    a calibration run (every tensor of a sample) for the session's life, a gigabyte at 736x736."""
+    calibrator = create_calibrator(model_path, augmented_model_path=str(augmented),
+                                   calibrate_method=_CALIBRATORS[method], extra_options=_CALIBRATOR_OPTIONS[method])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as onnxruntime's own session
+    options.enable_cpu_mem_arena = False
+    calibrator.infer_session = ort.InferenceSession(str(augmented), options, providers=calibrator.execution_providers)
+    return calibrator
+
+
+def _collect(calibrator: Any, feeds: Sequence[Feeds], description: str) -> None:
+    advance = task(description, len(feeds))
+    for index in range(len(feeds)):
+        calibrator.collect_data(FeedReader(feeds, index, index + 1))
+        advance(1)
 
 
 class StaticQuantization:
@@ -284,7 +334,7 @@ _PAIR_LIMIT = 128  # 255 * 128 = 32640 <= 32767: a pair of uint8 x int8 products
 _SAFE_LIMIT = 64  # |q| <= 64 keeps every pairing safe
 
 
-def refine_weights(quantized: onnx.ModelProto, model: onnx.ModelProto, feeds: list[Feeds]) -> list[str]:
+def refine_weights(quantized: onnx.ModelProto, model: onnx.ModelProto, feeds: Sequence[Feeds]) -> list[str]:
     """Rewrite, in place, the int8 weights and int32 biases of `quantized` (onnxruntime's QDQ form of `model`).
 
     Covers Conv (dense and depthwise) and Gemm, which is what image models are

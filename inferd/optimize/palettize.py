@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -123,7 +123,7 @@ class Palettization:
         return derive(self.package, encoded, step)
 
 
-def _calibration(package: ModelPackage, source: str | os.PathLike[str] | None) -> list[Feeds]:
+def _calibration(package: ModelPackage, source: str | os.PathLike[str] | None) -> Sequence[Feeds]:
     """The calibration feeds, or the sample photos of an image model; none for other models without data."""
     if source is not None:
         return calibration_feeds(package.manifest, source, _SAMPLES)
@@ -138,7 +138,7 @@ def _refine(
     weights: list[Weight],
     palettes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     group_size: int | None,
-    feeds: list[Feeds],
+    feeds: Sequence[Feeds],
 ) -> dict[str, tuple[str, np.ndarray]]:
     """Re-pick, in place, the palette entries of every layer GPTQ supports; per weight, its bias and the correction.
 
