@@ -48,6 +48,10 @@ def convert(
     tolerance: Annotated[float, typer.Option(help="largest max abs difference from the source accepted")] = 1e-3,
     allow_fidelity_loss: Annotated[bool, typer.Option(help="keep a package that drifts from its source")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="unpickle a scikit-learn file (runs code from it)")] = False,
+    samples: Annotated[Path | None, typer.Option(
+        help="typical inputs to keep in the package (.npz keyed by input name, rows first): --precision auto "
+             "measures reduced precisions on them; image models get photographs without it",
+        exists=True, dir_okay=False)] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="replace OUTPUT if it exists")] = False,
 ) -> None:
     """Convert a model file into a package, checking its outputs against the source framework's."""
@@ -76,6 +80,7 @@ def convert(
             labels=tuple(_read_labels(labels)) if labels else None, activation=activation,
             metadata=metadata, opset=opset, signature=signature, simplify=simplify, tolerance=tolerance,
             allow_fidelity_loss=allow_fidelity_loss, allow_pickle=allow_pickle,
+            samples=str(samples.resolve()) if samples else None,
         )
     except ValidationError as exc:
         raise InferdError(validation_summary(exc)) from None
@@ -113,12 +118,13 @@ def _read_labels(path: Path) -> list[str]:
 def info(package: PackageArg, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Describe a package: inputs, outputs, preprocessing, labels, precision, size and fidelity."""
     from inferd.package import ModelPackage
+    from inferd.runtime.precision import typed_execution_rule
 
     pkg = ModelPackage.load(package_path(package))
     if as_json:
         out.print_json(pkg.manifest.model_dump_json(exclude={"files"}))
         return
-    render.package_info(pkg)
+    render.package_info(pkg, typed_execution_rule(pkg.manifest.precision))
 
 
 def compile_(

@@ -87,13 +87,16 @@ def converted(package: ModelPackage, output: object) -> None:
                   f"{f.samples} samples vs {f.reference} ({'pass' if f.passed else 'FAIL'})", soft_wrap=True)
 
 
-def package_info(pkg: ModelPackage) -> None:
+def package_info(pkg: ModelPackage, precision_rule: str) -> None:
     m = pkg.manifest
     rows = {
         "description": m.description, "author": m.author, "license": m.license,
         "source": f"{m.source.framework} {m.source.framework_version or ''}",
         "format": f"ONNX (opset {max(o.version for o in pkg.onnx_model.opset_import if o.domain in ('', 'ai.onnx'))})",
-        "precision": m.precision,
+        "precision": f"{m.precision}: {precision_rule}",
+        "samples": (f"{len(next(iter(samples.values())))} typical input rows kept for precision checks"
+                    if (samples := pkg.samples()) else "none kept: auto precision stays fp32 (an image model is "
+                    "measured on photographs)"),
         "compression": ", ".join(step.kind for step in m.compression) or "none",
         "size on disk": f"{pkg.size_bytes() / 1e6:.1f} MB in {len(m.files)} files",
         "labels": str(len(m.classifier.labels)) if m.classifier else "none (not a classifier)",
@@ -125,6 +128,12 @@ def compiled(first: CompiledModel, second: CompiledModel) -> None:
         i = model.load_info
         table.add_row(label, str(i.cached), f"{i.seconds:.3f}", f"{i.compile_seconds:.3f}")
     out.print(table)
+    choice = first.load_info.precision_choice
+    out.print(f"precision {first.load_info.precision} ({choice['requested']} requested): {choice['reason']}", soft_wrap=True)
+    for output in choice["outputs"]:
+        snr = "exact" if output["snr_db"] is None else f"SNR {output['snr_db']:.1f} dB"
+        out.print(f"  {choice['considered']} on {output['output']} ({output['kind']}): {snr}, "
+                  f"{'within tolerance' if output['passed'] else 'OUT of tolerance: ' + output['reason']}", soft_wrap=True)
     if first.load_info.selection_ms:
         out.print("backend selection (median ms): " + ", ".join(
             f"{k} {v:.2f}" for k, v in sorted(first.load_info.selection_ms.items(), key=lambda kv: kv[1])))
