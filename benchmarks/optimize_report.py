@@ -23,8 +23,8 @@ from rich.console import Console
 from inferd.bench.compression import render, report, report_json
 from inferd.optimize import EvalSet, build_eval_set, compress, palettize, to_fp16
 from inferd.optimize.calibration import single_image_input
-from inferd.optimize.evalset import augmented_photos
 from inferd.optimize.int8 import StaticQuantization
+from inferd.optimize.photos import augmented_photos
 from inferd.package import ModelPackage
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,6 +20,7 @@ from inferd.errors import InvalidInput
 from inferd.io import image_input
 from inferd.manifest import Manifest
 from inferd.optimize.errors import OptimizeError
+from inferd.optimize.photos import AugmentedPhotos
 from inferd.types import ImageType
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -113,8 +114,6 @@ def npz_feeds(manifest: Manifest, path: Path, limit: int) -> Sequence[Feeds]:
 
 def sample_feeds(manifest: Manifest, limit: int) -> Sequence[Feeds]:
     """Augmented scikit-image photographs: real pixel statistics, for image models without data of their own."""
-    from inferd.optimize.evalset import AugmentedPhotos
-
     spec = single_image_input(manifest, hint="pass calibration data (a folder of images or an .npz keyed by input name)")
     photos = AugmentedPhotos(spec, seed=1)
     return LazyFeeds(min(limit, SAMPLE_PHOTOS), lambda i: {spec.name: photos(i)[np.newaxis]})

@@ -26,7 +26,7 @@ from inferd.serve.responses import ERROR_SCHEMA
 from inferd.serve.settings import ServerSettings
 from inferd.serve.text import takes_text
 from inferd.serve.v2 import schema as v2
-from inferd.serve.v2.schema import Schema, ref
+from inferd.serve.v2.schema_tensors import Schema, ref
 from inferd.types import ImageType
 
 MEANINGS = {
