@@ -43,13 +43,13 @@ import onnxruntime as ort
 from harness import machine_info
 from onnx import numpy_helper
 
+from inferd.io.photos import SAMPLE_PHOTOS
 from inferd.optimize import build_eval_set, fidelity, to_fp16
 from inferd.optimize._graph import without_dead_nodes
 from inferd.optimize.evalset import EvalSet
 from inferd.optimize.int8 import StaticQuantization, keep_float
 from inferd.package import ModelPackage
 from inferd.runtime.devices import cpu_features
-from inferd.io.photos import SAMPLE_PHOTOS
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "models" / "efficientnet-lite0"
