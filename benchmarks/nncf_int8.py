@@ -93,7 +93,7 @@ def main(rounds: int = 3, runs_per_round: int = 20) -> None:
             for label, package in (("fp32", original), ("inferd int8 (QDQ)", qdq))
             for backend in ("onnxruntime", "openvino")
         }
-        for label, (model, took) in nncf_models(original, feeds).items():
+        for label, (model, took) in nncf_models(original, list(feeds)).items():
             seconds[label] = took
             factories[f"{label} openvino"] = partial(openvino_runner, model)
         rows: dict[str, dict[str, Any]] = {}

@@ -16,6 +16,7 @@ to ready) is read from Ray's metrics exporter.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -60,7 +61,7 @@ def main() -> None:
     metrics_port = H.free_port()
     ray.init(_node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
              _metrics_export_port=metrics_port, _system_config={"metrics_report_interval_ms": 500},
-             logging_level="WARNING", log_to_driver=False)
+             logging_level=logging.WARNING, log_to_driver=False)
     try:
         port = H.free_port()
         start_proxies(RaySettings(http_port=port, proxy_location="HeadOnly"))
@@ -84,8 +85,9 @@ def main() -> None:
 
 def _replicas() -> int:
     from ray import serve
+    from ray.serve._private.common import ReplicaState
 
-    return int(serve.status().applications[APP].deployments[H.MODEL].replica_states.get("RUNNING", 0))
+    return int(serve.status().applications[APP].deployments[H.MODEL].replica_states.get(ReplicaState.RUNNING, 0))
 
 
 def _scale_from_zero(url: str, payload: dict[str, Any], metrics_port: int) -> dict[str, Any]:

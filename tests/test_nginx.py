@@ -121,7 +121,7 @@ def balancer(backends: list[Backend], prefix: Path, **limits: int) -> Nginx:
     settings = ServerSettings(host="127.0.0.1", port=backends[0].port)
     config = bundle.render_nginx(settings, bundle.BalancerSettings(
         tuple(bundle.Backend("127.0.0.1", b.port, b.grpc_port) for b in backends), listen_port=free_port(),
-        listen_grpc_port=free_port(), **limits))
+        listen_grpc_port=free_port(), **limits))  # type: ignore[arg-type]  # rate and burst
     nginx = Nginx(prefix, config)
     port = re.search(r"listen 127\.0\.0\.1:(\d+);", config).group(1)  # type: ignore[union-attr]
     nginx.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
