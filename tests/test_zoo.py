@@ -183,7 +183,7 @@ def _inputs(key: str) -> list[dict[str, np.ndarray]]:
         return [{"input": (_resized(photo, 128, 128) / 127.5 - 1)[np.newaxis].astype(np.float32)}
                 for photo in (astronaut, astronaut.crop((100, 0, 356, 256)))]
     if key == "file-type":
-        files = [(ROOT / "README.md").read_bytes(), (ROOT / "inferd" / "cli.py").read_bytes(),
+        files = [(ROOT / "README.md").read_bytes(), (ROOT / "inferd" / "cli" / "models.py").read_bytes(),
                  (ROOT / "pyproject.toml").read_bytes(), _png(data.chelsea()), gzip.compress((ROOT / "README.md").read_bytes()),
                  json.dumps({"zoo": list(CONVERT)}, indent=2).encode()]
         return [{"bytes": np.stack([_magika_row(content) for content in files])}]
