@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from inferd import tolerance  # noqa: E402
 from inferd.deploy.ray.app import build_app, start_proxies  # noqa: E402
 from inferd.deploy.ray.settings import RaySettings  # noqa: E402
 from inferd.manifest import Manifest, Source  # noqa: E402
@@ -148,8 +149,11 @@ def test_answers_as_inferd_serve_does(cluster: RayCluster, server: LiveServer, d
     for client in (ours, theirs):
         assert client.is_server_ready() and client.is_model_ready("minilm-l6")
     # V2 binary tensors in and out, encoded images as BYTES with the classification extension, text as BYTES
-    np.testing.assert_allclose(_infer_tensor(ours, "efficientnet-lite0", chelsea_tensor),
-                               _infer_tensor(theirs, "efficientnet-lite0", chelsea_tensor), atol=2e-3)
+    # each side picks its backend and precision by measurement (replicas have fewer threads), so the answers are
+    # the same within inferd's tolerance rather than to the bit
+    same = tolerance.compare("logits", _infer_tensor(theirs, "efficientnet-lite0", chelsea_tensor),
+                             _infer_tensor(ours, "efficientnet-lite0", chelsea_tensor), classifier_activation="softmax")
+    assert same.passed, same.reason
     image = triton.InferInput("image", [1], "BYTES")
     image.set_data_from_numpy(np.array([chelsea_png], dtype=object))
     ranked = [c.infer("efficientnet-lite0", [image], outputs=[triton.InferRequestedOutput("logits", class_count=3)])
@@ -157,8 +161,9 @@ def test_answers_as_inferd_serve_does(cluster: RayCluster, server: LiveServer, d
     assert [s.split(b":")[1:] for s in ranked[0][0]] == [s.split(b":")[1:] for s in ranked[1][0]]
     texts = triton.InferInput("text", [2], "BYTES")
     texts.set_data_from_numpy(np.array([b"a cat", b"stock market"], dtype=object))
-    np.testing.assert_allclose(ours.infer("minilm-l6", [texts]).as_numpy("embedding"),
-                               theirs.infer("minilm-l6", [texts]).as_numpy("embedding"), atol=1e-4)
+    same = tolerance.compare("embedding", theirs.infer("minilm-l6", [texts]).as_numpy("embedding"),
+                             ours.infer("minilm-l6", [texts]).as_numpy("embedding"))
+    assert same.passed, same.reason
     assert ours.get_model_metadata("minilm-l6") == theirs.get_model_metadata("minilm-l6")
     # the simple REST routes, defaults included, and their errors
     with httpx.Client(timeout=30) as http:
@@ -174,7 +179,8 @@ def test_answers_as_inferd_serve_does(cluster: RayCluster, server: LiveServer, d
                       for r in (a.json(), b.json())]
             assert labels[0] == labels[1]
         a, b = both("POST", "/embed", json=["a cat", "a kitten"])
-        np.testing.assert_allclose(a.json()["embeddings"], b.json()["embeddings"], atol=1e-4)
+        same = tolerance.compare("embedding", np.asarray(b.json()["embeddings"]), np.asarray(a.json()["embeddings"]))
+        assert same.passed, same.reason
         a, b = both("GET", "/models")
         assert [m["name"] for m in a.json()["models"]] == [m["name"] for m in b.json()["models"]]
         for path, status in (("/predict/nope", 404), ("/predict/..%2Fetc", 404), ("/v2/models/nope", 404)):

@@ -87,7 +87,9 @@ class Ingress:
         matched = _MODEL_PATH.match(path)
         model = matched["model"] if matched and path != "/v2/models/stats" else None
         if model is not None and model not in self.handles:
-            return _not_found(model, self.catalog.models)
+            if _is_model_name(model):
+                return _not_found(model, self.catalog.models)
+            model = None  # not a name at all: any replica's app answers it exactly as `inferd serve` does
         try:
             answer: Answer = await self._handle(model).forward.remote(forwarded)
         except _REFUSALS as exc:
@@ -153,11 +155,15 @@ async def _body(request: Request, limit: int) -> bytes | Response:
     return b"".join(chunks)
 
 
-def _not_found(model: str, models: list[str]) -> Response:
+def _is_model_name(model: str) -> bool:
     try:
         check_name(model)
-    except InferdError as exc:
-        return json_error(exc.status_code, exc.message)
+    except InferdError:
+        return False
+    return True
+
+
+def _not_found(model: str, models: list[str]) -> Response:
     return json_error(404, ModelNotFound(f"model {model!r} not found; available: {models}").message)
 
 
