@@ -158,7 +158,8 @@ def under_load(url: str, image: bytes, during: Callable[[], None]) -> list[int |
     return results
 
 
-@pytest.mark.xfail(strict=False, reason="on the final clean clone 502s came through nginx during a SIGTERM rolling restart (passed in two earlier runs): the drain vs nginx keepalive race is open, see the closing note")
+@pytest.mark.xfail(strict=False, reason="502s seen through nginx during a SIGTERM rolling restart on one clean "
+                   "run (passed in two others): the drain vs nginx keepalive race is open")
 def test_rolling_restart_with_sigterm_loses_no_request(backends: list[Backend], coffee_jpeg: bytes,
                                                        tmp_path: Path) -> None:
     nginx = balancer(backends, tmp_path, rate_per_s=10_000, burst=10_000)
