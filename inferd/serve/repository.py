@@ -73,7 +73,10 @@ class MetricsSink(Protocol):
     def observer_for(self, model: str, version: str) -> BatchObserver: ...
 
     def track_model(self, name: str, version: str, load_seconds: float, queue_depth: Callable[[], int],
-                    in_flight: Callable[[], int], stats: ModelStats) -> None: ...
+                    in_flight: Callable[[], int], stats: ModelStats, memory_bytes: int | None = None,
+                    queue_capacity: int | None = None) -> None: ...
+
+    def model_failed(self, name: str) -> None: ...
 
     def forget_model(self, name: str, version: str) -> None: ...
 
@@ -225,6 +228,8 @@ class ModelRepository:
                 fresh = {v: await self._build(name, v, path, overrides or {}) for v, path in versions.items()}
             except InferdError as exc:
                 self._states[name] = ("UNAVAILABLE", exc.message)
+                if self.metrics:
+                    self.metrics.model_failed(name)
                 raise
             old = self._entries.get(name, {})
             self._entries[name] = fresh  # the atomic swap: one dict assignment on the loop thread
@@ -232,7 +237,8 @@ class ModelRepository:
             for entry in fresh.values():
                 if self.metrics:
                     self.metrics.track_model(name, entry.version, entry.load_seconds, entry.queue_depth,
-                                             entry.in_flight, entry.stats)
+                                             entry.in_flight, entry.stats, memory_bytes=entry.memory_bytes,
+                                             queue_capacity=entry.config.max_queue_size)
             for entry in old.values():
                 task = asyncio.get_running_loop().create_task(self._retire(entry, keep_metrics=entry.version in fresh))
                 self._retiring.add(task)

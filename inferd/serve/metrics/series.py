@@ -46,6 +46,8 @@ class _TrackedModel:
     queue_depth: Callable[[], int]
     in_flight: Callable[[], int]
     stats: ModelStats
+    memory_bytes: int | None = None
+    queue_capacity: int | None = None
 
 
 class _LiveCollector:
@@ -54,11 +56,17 @@ class _LiveCollector:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # models load and unload on worker threads while the loop scrapes
         self._models: dict[tuple[str, str], _TrackedModel] = {}
+        self._failing: set[str] = set()  # models whose latest load failed: an alert must see the state, not a rate
         self._cpu = CpuUsage()
 
     def track(self, name: str, version: str, model: _TrackedModel) -> None:
         with self._lock:
             self._models[name, version] = model
+            self._failing.discard(name)
+
+    def failed(self, name: str) -> None:
+        with self._lock:
+            self._failing.add(name)
 
     def forget(self, name: str, version: str) -> None:
         with self._lock:
@@ -73,12 +81,19 @@ class _LiveCollector:
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             models = sorted(self._models.items())
+            failing = sorted(self._failing)
         in_flight = GaugeMetricFamily("inferd_requests_in_flight", "Predictions running or waiting, per model.",
                                       labels=["model"])
         queue_depth = GaugeMetricFamily("inferd_queue_depth", "Requests waiting in the batch queue, per model.",
                                         labels=["model"])
         load_seconds = GaugeMetricFamily("inferd_model_load_seconds", "Seconds the model version took to load.",
                                          labels=["model", "version"])
+        capacity = GaugeMetricFamily("inferd_queue_capacity", "Requests the batch queue holds before answering 429, "
+                                     "per model.", labels=["model"])
+        memory = GaugeMetricFamily("inferd_model_memory_bytes", "Memory the model version took when it loaded.",
+                                   labels=["model", "version"])
+        load_failed = GaugeMetricFamily("inferd_model_load_failed", "1 while the latest load of the model failed.",
+                                        labels=["model"])
         depths = _read_each(models, lambda model: model.queue_depth())
         for name, value in _per_model(_read_each(models, lambda model: model.in_flight())).items():
             in_flight.add_metric([name], value)
@@ -86,9 +101,14 @@ class _LiveCollector:
             queue_depth.add_metric([name], value)
         for (name, version), model in models:
             load_seconds.add_metric([name, version], model.load_seconds)
-        yield in_flight
-        yield queue_depth
-        yield load_seconds
+            if model.memory_bytes is not None:
+                memory.add_metric([name, version], model.memory_bytes)
+        for name, value in _per_model({key: model.queue_capacity for key, model in models
+                                       if model.queue_capacity is not None}).items():
+            capacity.add_metric([name], value)
+        for name in failing:
+            load_failed.add_metric([name], 1)
+        yield from (in_flight, queue_depth, capacity, load_seconds, memory, load_failed)
         yield GaugeMetricFamily("inferd_models_loaded", "Model versions loaded and serving.", value=len(models))
         yield GaugeMetricFamily("inferd_process_resident_memory_bytes", "Resident memory of the server process.",
                                 value=resident_memory_bytes())
@@ -157,6 +177,8 @@ class ServerMetrics:
         self.compute_duration = self._latency("inferd_compute_duration_seconds", "Model compute time of a request's batch.")
         self.batch_size = Histogram("inferd_batch_size", "Rows per batch sent to the model.", ["model", "version"],
                                     buckets=BATCH_SIZE_BUCKETS, registry=self.registry)
+        self.load_failures = Counter("inferd_model_load_failures", "Loads of a model that failed.", ["model"],
+                                     registry=self.registry)
         self._live = _LiveCollector()
         self.registry.register(self._live)
         ProcessCollector(registry=self.registry)  # reports nothing off Linux, which is fine
@@ -178,8 +200,15 @@ class ServerMetrics:
         return BatchSeries(self, model, version)
 
     def track_model(self, name: str, version: str, load_seconds: float,
-                    queue_depth: Callable[[], int], in_flight: Callable[[], int], stats: ModelStats) -> None:
-        self._live.track(name, version, _TrackedModel(load_seconds, queue_depth, in_flight, stats))
+                    queue_depth: Callable[[], int], in_flight: Callable[[], int], stats: ModelStats,
+                    memory_bytes: int | None = None, queue_capacity: int | None = None) -> None:
+        self._live.track(name, version, _TrackedModel(load_seconds, queue_depth, in_flight, stats, memory_bytes,
+                                                      queue_capacity))
+
+    def model_failed(self, name: str) -> None:
+        """A load that failed: counted, and reported as failing until a load of the model succeeds."""
+        self.load_failures.labels(name).inc()
+        self._live.failed(name)
 
     def forget_model(self, name: str, version: str) -> None:
         self._live.forget(name, version)
