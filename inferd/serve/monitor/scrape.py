@@ -59,6 +59,8 @@ def metrics_url(text: str) -> str:
         raise InferdError(f"{text!r} is not a URL ({exc}); give a server as http://HOST:PORT") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise InferdError(f"{text!r} is not an http(s) address; give a server as http://HOST:PORT")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise InferdError(f"{text!r} is not a URL (port {url.port} is not 1-65535); give a server as http://HOST:PORT")
     path = url.path.rstrip("/")
     return str(url.copy_with(path=path if path.endswith("/metrics") else path + "/metrics", query=None,
                              fragment=None))
