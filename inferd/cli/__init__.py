@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from inferd.cli import bench, devices, models, render, serve, top
+from inferd.cli import bench, devices, loadtest, models, render, serve, top
 from inferd.cli.deploy import deploy_app
 from inferd.cli.export import export_app
 from inferd.errors import InferdError
@@ -29,6 +29,7 @@ app.command()(models.predict)
 app.command()(bench.bench)
 app.command()(serve.serve)
 app.command()(top.top)
+app.command()(loadtest.loadtest)
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(export_app, name="export")
 
