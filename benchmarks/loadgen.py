@@ -5,8 +5,9 @@ Run as a script by `harness.LoadRun`, never imported by a server's process:
     python benchmarks/loadgen.py SPEC.json      # prints one JSON object (the result) on stdout
 
 The generator runs in its own process so that its CPU time is visible (it shares the machine's cores with the
-server) and so that it imports only the HTTP client: payloads are prepared by the orchestrator and handed over
-as files. Two modes:
+server) and so that it imports only the client core it shares with `inferd loadtest` (`inferd.bench.load`: the
+clients, the request's timing and checks, the closed loop), never a model: payloads are prepared by the
+orchestrator and handed over as files. Two modes:
 
 * closed loop: `concurrency` workers, each sending requests back-to-back (a new one when the last answered);
 * open loop: requests fired at a fixed `rate` whatever the answers, with at most `max_outstanding` in flight
@@ -25,36 +26,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from load_clients import Client, GrpcInputs, SharedMemoryInputs
+import numpy as np
+from load_clients import SharedMemoryInputs
 
-INFERENCE_HEADER = "Inference-Header-Content-Length"
+from inferd.bench.load.bodies import INFERENCE_HEADER
+from inferd.bench.load.clients import Client
+from inferd.bench.load.records import (
+    RECORD_COLUMNS,
+    Record,
+    clock,
+    closed_loop,
+    cpu_seconds,
+    exchange,
+    latency_summary,
+    percentile,
+    tally,
+)
+from inferd.bench.load.triton_grpc import GrpcInputs
 
-
-class Record(NamedTuple):
-    """One request as the generator saw it; written to the results as a list in this order (`RECORD_COLUMNS`)."""
-
-    start_s: float  # when it was sent, from the start of the measured window (negative in the warm-up)
-    latency_s: float
-    status: int  # the HTTP status, 0 when none came
-    retry_after: str | None  # the Retry-After header of a refusal
-    version: str | None  # the model version that answered (with "parse_version")
-    client_error: str | None  # what went wrong on the client's side: a timeout, a broken connection, a bad body
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200 and self.client_error is None
-
-
-RECORD_COLUMNS = list(Record._fields)
-"""What each of a generator's `records` holds (ask for them with `"records": true` in the spec)."""
+__all__ = ["INFERENCE_HEADER", "RECORD_COLUMNS", "Record", "latency_summary", "percentile", "take_records", "tally"]
 
 
 def take_records(result: dict[str, Any]) -> list[Record]:
@@ -62,40 +58,13 @@ def take_records(result: dict[str, Any]) -> list[Record]:
     return [Record(*r) for r in result.pop("records")]
 
 
-# ---------------------------------------------------------------------------------------------- statistics
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default), on an already sorted list."""
-    if not sorted_values:
-        return None
-    position = (len(sorted_values) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
-
-
-def tally(records: list[Record], key: Callable[[Record], Any]) -> dict[str, int]:
-    """How many records fall under each key (as a string), for the per-status counts in the results."""
-    return dict(Counter(str(key(r)) for r in records))
-
-
-def latency_summary(seconds: list[float]) -> dict[str, float | int | None]:
-    """Milliseconds: count, mean, p50/p90/p99, min and max."""
-    values = sorted(s * 1000 for s in seconds)
-    if not values:
-        return {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None, "min": None, "max": None}
-    return {
-        "count": len(values), "mean": round(sum(values) / len(values), 3),
-        "p50": round(percentile(values, 50) or 0, 3), "p90": round(percentile(values, 90) or 0, 3),
-        "p99": round(percentile(values, 99) or 0, 3), "min": round(values[0], 3), "max": round(values[-1], 3),
-    }
-
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def grpc_inputs(spec: dict[str, Any]) -> GrpcInputs:
+    """The bare tensor files as tritonclient's inputs, named and shaped as `payloads.write_payloads` described them."""
+    described = spec["payloads"][0]["input"]
+    tensors = [[(described["name"], described["datatype"],
+                 np.frombuffer(Path(p["path"]).read_bytes(), np.float32).reshape(described["shape"]))]
+               for p in spec["payloads"]]
+    return GrpcInputs(spec["grpc_address"], spec["model"], tensors, ["logits"])
 
 
 async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +75,6 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
     parse_version = bool(spec.get("parse_version", False))
     expected_output = int(spec.get("expected_output_bytes", 4000))
     cap = int(spec.get("max_outstanding", 256)) if mode == "open" else int(spec["concurrency"])
-    clock = time.perf_counter  # not loop.time(): uvloop's clock ticks in whole milliseconds
     records: list[Record] = []
     skipped = 0
     max_lag = 0.0
@@ -115,62 +83,51 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
     if shared and mode != "closed":
         raise ValueError("shared memory inputs need the closed mode: one region per concurrent request")
 
-    grpc_inputs = GrpcInputs(spec["payloads"], spec["grpc_address"], spec["model"]) if spec.get("grpc_address") else None
+    grpc = grpc_inputs(spec) if spec.get("grpc_address") else None
 
     async with Client(spec.get("client", "aiohttp"), cap, timeout) as client:
         if shared:
             await shared.register(client, spec["url"])
 
+        def binary_answer(headers: Mapping[str, str], payload: bytes) -> str | None:
+            length = int(headers.get(INFERENCE_HEADER, "0") or 0)
+            return "unexpected_body" if length == 0 or len(payload) != length + expected_output else None
+
         async def one(index: int) -> bool:
             started = clock()
-            if grpc_inputs:
-                status, error = await grpc_inputs.infer(index)
+            if grpc:
+                status, error = await grpc.infer(index)
                 records.append(Record(started - window_start, clock() - started, status, None, None, error))
                 return status == 200 and error is None
             if shared:
-                body, headers = shared.request(index, index % cap), {"Content-Type": "application/json"}
+                slot = index % cap
+                body, headers = shared.request(index, slot), {"Content-Type": "application/json"}
+
+                def check(headers: Mapping[str, str], payload: bytes) -> str | None:
+                    assert shared is not None
+                    wrong = INFERENCE_HEADER in headers or len(shared.output(slot)) != expected_output
+                    return "unexpected_body" if wrong else None
             else:
                 body, header_length = bodies[index % len(bodies)]
                 headers = {INFERENCE_HEADER: header_length, "Content-Type": "application/octet-stream"}
-            status, retry, version, error = 0, None, None, None
-            try:
-                status, response_headers, payload = await client.post(spec["url"], body, headers)
-                retry = response_headers.get("Retry-After")
-                if status == 200 and shared:
-                    if INFERENCE_HEADER in response_headers or len(shared.output(index % cap)) != expected_output:
-                        error = "unexpected_body"
-                elif status == 200:
-                    length = int(response_headers.get(INFERENCE_HEADER, "0") or 0)
-                    if length == 0 or len(payload) != length + expected_output:
-                        error = "unexpected_body"
-                    elif parse_version:
-                        version = json.loads(payload[:length]).get("model_version")
-            except TimeoutError:
-                error = "client_timeout"
-            except Exception as exc:
-                error = type(exc).__name__
-            records.append(Record(started - window_start, clock() - started, status, retry, version, error))
-            return status == 200 and error is None
+                check = binary_answer
+            answer = await exchange(lambda: client.post(spec["url"], body, headers), check)
+            version = None
+            if parse_version and answer.status == 200 and answer.error is None:
+                version = json.loads(answer.body[:int(answer.headers[INFERENCE_HEADER])]).get("model_version")
+            records.append(Record(started - window_start, clock() - started, answer.status,
+                                  answer.headers.get("Retry-After"), version, answer.error))
+            return answer.status == 200 and answer.error is None
 
-        cpu_start = _cpu_seconds()
+        cpu_start = cpu_seconds()
         t0 = clock()
         window_start = t0 + warmup
         window_end = window_start + duration
         Path(spec["started_file"]).write_text(repr(time.time()))
 
         if mode == "closed":
-            concurrency = int(spec["concurrency"])
-
-            backoff = float(spec.get("backoff_after_failure_s", 0))
-
-            async def worker(first: int) -> None:
-                index = first
-                while clock() < window_end:
-                    if not await one(index) and backoff:
-                        await asyncio.sleep(backoff)  # a refused request is answered at once: do not spin on it
-                    index += concurrency
-
-            await asyncio.gather(*(worker(k) for k in range(concurrency)))
+            await closed_loop(one, int(spec["concurrency"]), lambda: clock() >= window_end,
+                              float(spec.get("backoff_after_failure_s", 0)))
         else:
             rate = float(spec["rate"])
             tasks: set[asyncio.Task[Any]] = set()
@@ -190,12 +147,12 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
             if tasks:
                 await asyncio.wait(tasks, timeout=timeout + 10)
         elapsed = clock() - t0
-        client_cpu = _cpu_seconds() - cpu_start
+        client_cpu = cpu_seconds() - cpu_start
         if shared:
             await shared.unregister(client, spec["url"])
             shared.close()
-        if grpc_inputs:
-            await grpc_inputs.close()
+        if grpc:
+            await grpc.close()
 
     in_window = [r for r in records if 0 <= r.start_s < duration]
     finished_in_window = [r for r in records if 0 <= r.start_s + r.latency_s <= duration]

@@ -7,11 +7,13 @@ needs nothing but its HTTP client.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from harness import DEFAULT_PACKAGE
+
+from inferd.bench.load.bodies import v2_binary_body
 
 IMAGES = ("chelsea", "coffee", "astronaut", "rocket", "cat")
 
@@ -29,36 +31,23 @@ def photos_as_jpeg(quality: int = 90) -> dict[str, bytes]:
     return encoded
 
 
-def _v2_body(header: dict[str, Any], binary: bytes) -> tuple[bytes, int]:
-    text = json.dumps(header, separators=(",", ":")).encode()
-    return text + binary, len(text)
-
-
-# Both payload kinds ask for the logits as binary, as tritonclient does by default.
-_BINARY_OUTPUT = [{"name": "logits", "parameters": {"binary_data": True}}]
-
-
 def binary_tensor_body(tensor: Any) -> tuple[bytes, int]:
-    """A V2 request with one preprocessed image as FP32 binary tensor data ([1,3,224,224], 602112 bytes)."""
-    raw = tensor.astype("<f4").tobytes()
-    header = {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(tensor.shape),
-                          "parameters": {"binary_data_size": len(raw)}}], "outputs": _BINARY_OUTPUT}
-    return _v2_body(header, raw)
+    """A V2 request with one preprocessed image as FP32 binary tensor data ([1,3,224,224], 602112 bytes), the
+    logits asked for as binary, as tritonclient does by default (and as `inferd loadtest` sends it)."""
+    return v2_binary_body([("image", "FP32", tensor.astype("<f4"))], ["logits"])
 
 
 def jpeg_bytes_body(jpeg: bytes) -> tuple[bytes, int]:
     """A V2 request with one encoded image as a BYTES element (4-byte little-endian length, then the file)."""
-    raw = len(jpeg).to_bytes(4, "little") + jpeg
-    header = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                          "parameters": {"binary_data_size": len(raw)}}], "outputs": _BINARY_OUTPUT}
-    return _v2_body(header, raw)
+    return v2_binary_body([("image", "BYTES", np.array([jpeg], dtype=object))], ["logits"])
 
 
 def write_payloads(kind: str, directory: Path, package: Path = DEFAULT_PACKAGE) -> list[dict[str, Any]]:
     """Write one request body per photo; returns what the generator's spec needs ("path", "header_length").
 
     Kind "tensor" writes the bare tensor, which the generator copies into a registered shared-memory region
-    before each request (`load_clients.SharedMemoryInputs`) or sends over gRPC (`load_clients.GrpcInputs`); "input" describes it.
+    before each request (`load_clients.SharedMemoryInputs`) or sends over gRPC (`inferd.bench.load.triton_grpc`);
+    "input" describes it.
     """
     from inferd.io import preprocess_image
     from inferd.package import ModelPackage
