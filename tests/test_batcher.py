@@ -19,6 +19,7 @@ from inferd.manifest import Manifest, Source
 from inferd.package import ModelPackage
 from inferd.runtime import CompiledModel, load
 from inferd.serve.batching.scheduler import ClientDisconnected, DynamicBatcher
+from inferd.serve.phases import Phases
 from inferd.serve.settings import ServingSettings as BatchingConfig
 from inferd.types import TensorType
 
@@ -32,8 +33,8 @@ class Recorder:
     batches: list[tuple[int, int]] = field(default_factory=list)
     queue_s: list[float] = field(default_factory=list)
 
-    def on_batch(self, rows: int, requests: int, compute_s: float) -> None:
-        assert compute_s > 0
+    def on_batch(self, rows: int, requests: int, phases: Phases) -> None:
+        assert phases.infer_s > 0
         self.batches.append((rows, requests))
 
     def on_dequeued(self, queue_s: float) -> None:

@@ -24,6 +24,7 @@ from inferd.serve.metrics.series import ServerMetrics
 from inferd.serve.metrics.triton import CpuUsage
 from inferd.serve.middleware.body_limit import BodyLimitMiddleware
 from inferd.serve.middleware.encoding import response_encoding
+from inferd.serve.phases import Phases
 from inferd.serve.stats import ModelStats
 from tests.conftest import free_port, samples
 
@@ -386,7 +387,7 @@ def test_batch_observer_fills_histograms() -> None:
     observer = metrics.observer_for("resnet", "2")
     observer.on_dequeued(0.002)
     observer.on_dequeued(0.004)
-    observer.on_batch(rows=6, requests=2, compute_s=0.01)
+    observer.on_batch(rows=6, requests=2, phases=Phases(input_s=0.001, infer_s=0.01, output_s=0.002))
     text = metrics.render()[0].decode()
     labels = frozenset({"model": "resnet", "version": "2"}.items())
     assert samples(text, "inferd_batch_size_count")[labels] == 1 and samples(text, "inferd_batch_size_sum")[labels] == 6
@@ -431,12 +432,13 @@ def test_unknown_models_do_not_grow_labels() -> None:
 
 def test_triton_metric_names_follow_the_statistics() -> None:
     metrics, stats = ServerMetrics(), ModelStats()
-    stats.on_dequeued(0.002)
-    stats.on_dequeued(0.004)
-    stats.on_batch(rows=6, requests=2, compute_s=0.01)
-    stats.on_request(True, 0.02)
-    stats.on_request(True, 0.03)
-    stats.on_request(False, 0.001)
+    batch = Phases(input_s=0.001, infer_s=0.01, output_s=0.002)
+    stats.on_batch(rows=6, requests=2, phases=batch)
+    for queue_s, seconds in ((0.002, 0.02), (0.004, 0.03)):
+        request = Phases(input_s=0.003)  # its own decoding, then its share of the batch
+        request.add_batch(batch, queue_s)
+        stats.on_success(seconds, request)
+    stats.on_failure(0.001)
     metrics.track_model("resnet", "2", load_seconds=1.0, queue_depth=lambda: 3, in_flight=lambda: 3, stats=stats)
     text = metrics.render()[0].decode()
     labels = frozenset({"model": "resnet", "version": "2"}.items())
@@ -444,7 +446,7 @@ def test_triton_metric_names_follow_the_statistics() -> None:
         "nv_inference_request_success": 2, "nv_inference_request_failure": 1, "nv_inference_count": 6,
         "nv_inference_exec_count": 1, "nv_inference_request_duration_us": 50_000, "nv_inference_queue_duration_us": 6000,
         "nv_inference_compute_infer_duration_us": 20_000,  # the batch's 10 ms once per request it served, as Triton counts
-        "nv_inference_compute_input_duration_us": 0, "nv_inference_compute_output_duration_us": 0,
+        "nv_inference_compute_input_duration_us": 8000, "nv_inference_compute_output_duration_us": 4000,
         "nv_inference_pending_request_count": 3,
     }
     for name, value in expected.items():

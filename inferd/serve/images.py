@@ -14,6 +14,7 @@ import numpy as np
 
 from inferd.errors import InvalidImage, InvalidInput
 from inferd.io import Prediction, image_input, preprocess_image, top_k
+from inferd.serve.phases import Phases
 from inferd.types import ImageType, TextType
 
 if TYPE_CHECKING:
@@ -48,14 +49,17 @@ def decode_batch(entry: ModelEntry, images: Sequence[bytes], max_pixels: int) ->
 
 
 async def classify(
-    entry: ModelEntry, images: Sequence[bytes], *, k: int, max_pixels: int,
+    entry: ModelEntry, images: Sequence[bytes], *, k: int, max_pixels: int, phases: Phases,
     timeout_s: float | None = None, disconnected: Callable[[], Awaitable[object]] | None = None,
 ) -> list[list[Prediction]]:
-    """Top-k labels for each image: decode on a worker thread, infer through the model's dynamic batcher."""
+    """Top-k labels for each image: decode on a worker thread (input time in `phases`), infer through the model's
+    dynamic batcher, rank (output time)."""
     spec = image_spec(entry)
     classifier = entry.model.manifest.classifier
     if classifier is None:
         raise InvalidInput(f"model {entry.name!r} is not a classifier; use /v2/models/{entry.name}/infer")
-    batch = await anyio.to_thread.run_sync(decode_batch, entry, images, max_pixels)
-    outputs = await entry.infer({spec.name: batch}, timeout_s=timeout_s, disconnected=disconnected)
-    return top_k(outputs[classifier.output], classifier.labels, k, activation=classifier.activation)
+    with phases.input():
+        batch = await anyio.to_thread.run_sync(decode_batch, entry, images, max_pixels)
+    outputs = await entry.infer({spec.name: batch}, phases=phases, timeout_s=timeout_s, disconnected=disconnected)
+    with phases.output():
+        return top_k(outputs[classifier.output], classifier.labels, k, activation=classifier.activation)

@@ -16,6 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -29,6 +30,7 @@ from inferd.runtime import CompiledModel, load
 from inferd.serve.batching.inputs import BatchInputs, Checked, TextInputs
 from inferd.serve.batching.scheduler import BatchObserver, DynamicBatcher
 from inferd.serve.metrics.series import resident_memory_bytes
+from inferd.serve.phases import Phases
 from inferd.serve.settings import ServingSettings, load_serving_settings, with_overrides
 from inferd.serve.stats import ModelStats
 from inferd.serve.text import takes_text
@@ -82,18 +84,21 @@ class MetricsSink(Protocol):
 
 
 class _Fanout:
-    """Sends batcher events to the Triton-style stats and to Prometheus alike."""
+    """Sends batcher events to the Triton-style stats and to Prometheus alike; the stats take only the batches, as
+    each request records its own queue time when it succeeds."""
 
-    def __init__(self, *observers: BatchObserver | None) -> None:
-        self._observers = [o for o in observers if o is not None]
+    def __init__(self, stats: ModelStats, series: BatchObserver | None) -> None:
+        self._stats = stats
+        self._series = series
 
-    def on_batch(self, rows: int, requests: int, compute_s: float) -> None:
-        for observer in self._observers:
-            observer.on_batch(rows, requests, compute_s)
+    def on_batch(self, rows: int, requests: int, phases: Phases) -> None:
+        self._stats.on_batch(rows, requests, phases)
+        if self._series is not None:
+            self._series.on_batch(rows, requests, phases)
 
     def on_dequeued(self, queue_s: float) -> None:
-        for observer in self._observers:
-            observer.on_dequeued(queue_s)
+        if self._series is not None:
+            self._series.on_dequeued(queue_s)
 
 
 @dataclass
@@ -119,21 +124,21 @@ class ModelEntry:
         """Raise now if a request would be refused (overloaded, shutting down), before a handler reads a large body."""
         self.batcher.admit()
 
+    def measured(self) -> AbstractContextManager[Phases]:
+        """One request's handling, decoding to encoding, for the statistics: a face times its own decoding and
+        encoding in the phases it gets (`Phases.input`, `Phases.output`) and passes them to `infer`; the request
+        succeeds if the block ends without an exception."""
+        return self.stats.request()
+
     async def infer(
-        self, feeds: Mapping[str, Any] | Checked, *, timeout_s: float | None = None,
+        self, feeds: Mapping[str, Any] | Checked, *, phases: Phases, timeout_s: float | None = None,
         disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run through the dynamic batcher with the request's deadline; without one the batcher applies the model's."""
+        """Run through the dynamic batcher with the request's deadline; without one the batcher applies the model's.
+        `phases` (from `measured`) receive the queue time and the batch's compute."""
         self.last_used = time.monotonic()
         deadline = self.last_used + timeout_s if timeout_s is not None else None
-        started = time.perf_counter()
-        try:
-            outputs = await self.batcher.submit(feeds, deadline=deadline, disconnected=disconnected)
-        except BaseException:
-            self.stats.on_request(False, time.perf_counter() - started)
-            raise
-        self.stats.on_request(True, time.perf_counter() - started)
-        return outputs
+        return await self.batcher.submit(feeds, deadline=deadline, disconnected=disconnected, phases=phases)
 
 
 class ModelRepository:

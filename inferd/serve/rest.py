@@ -140,10 +140,11 @@ async def _predict_one(
     request.state.model, request.state.model_version = entry.name, entry.version  # labels for metrics and logs
     settings = _settings(request)
     data = await image.read()
-    (predictions,) = await classify(
-        entry, [data], k=top_k, max_pixels=settings.max_image_pixels,
-        timeout_s=timeout_ms / 1000 if timeout_ms else None, disconnected=when_client_gone(request),
-    )
+    with entry.measured() as phases:
+        (predictions,) = await classify(
+            entry, [data], k=top_k, max_pixels=settings.max_image_pixels, phases=phases,
+            timeout_s=timeout_ms / 1000 if timeout_ms else None, disconnected=when_client_gone(request),
+        )
     return PredictResponse(model=entry.name, version=entry.version, predictions=_labels(predictions),
                            latency_ms=(time.perf_counter() - started) * 1000)
 
@@ -174,8 +175,10 @@ async def predict_batch(
     entry = _repository(request).get(model)
     settings = _settings(request)
     payloads = [await upload.read() for upload in images]
-    ranked = await classify(entry, payloads, k=top_k, max_pixels=settings.max_image_pixels,
-                            timeout_s=timeout_ms / 1000 if timeout_ms else None, disconnected=when_client_gone(request))
+    with entry.measured() as phases:
+        ranked = await classify(entry, payloads, k=top_k, max_pixels=settings.max_image_pixels, phases=phases,
+                                timeout_s=timeout_ms / 1000 if timeout_ms else None,
+                                disconnected=when_client_gone(request))
     return BatchResponse(
         model=entry.name, version=entry.version,
         results=[BatchItem(filename=upload.filename, predictions=_labels(p)) for upload, p in zip(images, ranked, strict=True)],
@@ -207,16 +210,21 @@ async def _embed(request: Request, name: str, timeout_ms: float | None) -> Embed
     request.state.model, request.state.model_version = entry.name, entry.version  # labels for metrics and logs
     spec = text.text_spec(entry.model, entry.name)  # a wrong model is named before the body is read
     entry.admit()
-    texts = _texts(await request.body())
+    body = await request.body()
     outputs = [output.name for output in entry.model.manifest.outputs]
     if len(outputs) != 1:
         raise InvalidInput(f"model {entry.name!r} has outputs {outputs}, not one embedding; "
                            f"use /v2/models/{entry.name}/infer")
-    result = await entry.infer(Checked({spec.name: texts}), timeout_s=timeout_ms / 1000 if timeout_ms else None,
-                               disconnected=when_client_gone(request))
-    embeddings = result[outputs[0]]
-    return EmbedResponse(model=entry.name, version=entry.version, embeddings=embeddings.tolist(),
-                         dim=int(embeddings.shape[1]), latency_ms=(time.perf_counter() - started) * 1000)
+    with entry.measured() as phases:
+        with phases.input():
+            texts = _texts(body)
+        result = await entry.infer(Checked({spec.name: texts}), phases=phases, disconnected=when_client_gone(request),
+                                   timeout_s=timeout_ms / 1000 if timeout_ms else None)
+        with phases.output():
+            embeddings = result[outputs[0]]
+            response = EmbedResponse(model=entry.name, version=entry.version, embeddings=embeddings.tolist(),
+                                     dim=int(embeddings.shape[1]), latency_ms=(time.perf_counter() - started) * 1000)
+    return response
 
 
 # The body is read in the handler, after the admission check, so any mistake gets inferd's own message;

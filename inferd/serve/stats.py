@@ -4,14 +4,24 @@ Tools that scrape `/v2/models/stats` (perf_analyzer, dashboards) expect these
 exact field names: counts plus cumulative nanoseconds per phase, and a
 per-batch-size breakdown. The same numbers feed Triton's Prometheus metric names
 (`inferd.serve.metrics.triton`).
+
+As Triton does, a request that succeeds records its duration, its queue time and
+its three compute phases (`inferd.serve.phases`) in one step, so the queue and
+compute counts equal the success count at every read: perf_analyzer takes the
+difference of two reads and aborts when the compute counts differ. A batch size's
+entry counts executions, each with the batch's own phases.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from inferd.serve.phases import Phases
 
 
 @dataclass
@@ -19,12 +29,30 @@ class _Duration:
     count: int = 0
     ns: int = 0
 
-    def add(self, seconds: float, times: int = 1) -> None:
-        self.count += times
-        self.ns += int(seconds * 1e9) * times
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += int(seconds * 1e9)
 
     def as_dict(self) -> dict[str, int]:
         return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class _Compute:
+    """Triton's three compute phases, each a count and a duration, always added together."""
+
+    input: _Duration = field(default_factory=_Duration)
+    infer: _Duration = field(default_factory=_Duration)
+    output: _Duration = field(default_factory=_Duration)
+
+    def add(self, phases: Phases) -> None:
+        self.input.add(phases.input_s)
+        self.infer.add(phases.infer_s)
+        self.output.add(phases.output_s)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {"compute_input": self.input.as_dict(), "compute_infer": self.infer.as_dict(),
+                "compute_output": self.output.as_dict()}
 
 
 @dataclass
@@ -35,26 +63,40 @@ class ModelStats:
     success: _Duration = field(default_factory=_Duration)
     fail: _Duration = field(default_factory=_Duration)
     queue: _Duration = field(default_factory=_Duration)
-    compute_infer: _Duration = field(default_factory=_Duration)
-    batches: dict[int, _Duration] = field(default_factory=dict)
+    compute: _Compute = field(default_factory=_Compute)
+    batches: dict[int, _Compute] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def on_request(self, ok: bool, seconds: float) -> None:
+    @contextmanager
+    def request(self) -> Iterator[Phases]:
+        """One request's handling, from decoding its body to encoding its answer: it succeeds when the block ends,
+        with the phases the block filled in; any exception fails it, a cancelled request included."""
+        started, phases = time.perf_counter(), Phases()
+        try:
+            yield phases
+        except BaseException:
+            self.on_failure(time.perf_counter() - started)
+            raise
+        self.on_success(time.perf_counter() - started, phases)
+
+    def on_success(self, seconds: float, phases: Phases) -> None:
         with self._lock:
-            (self.success if ok else self.fail).add(seconds)
+            self.success.add(seconds)
+            self.queue.add(phases.queue_s)
+            self.compute.add(phases)
             self.last_inference_ms = int(time.time() * 1000)
 
-    def on_batch(self, rows: int, requests: int, compute_s: float) -> None:
+    def on_failure(self, seconds: float) -> None:
+        with self._lock:
+            self.fail.add(seconds)
+            self.last_inference_ms = int(time.time() * 1000)
+
+    def on_batch(self, rows: int, requests: int, phases: Phases) -> None:
+        """One batch run; each of its requests records its own share, and its queue time, when it succeeds."""
         with self._lock:
             self.inference_count += rows
             self.execution_count += 1
-            # Per request, as Triton counts it: dashboards divide it by the success count for compute per request.
-            self.compute_infer.add(compute_s, times=requests)
-            self.batches.setdefault(rows, _Duration()).add(compute_s)
-
-    def on_dequeued(self, queue_s: float) -> None:
-        with self._lock:
-            self.queue.add(queue_s)
+            self.batches.setdefault(rows, _Compute()).add(phases)
 
     def as_triton(self, name: str, version: str) -> dict[str, Any]:
         with self._lock:
@@ -64,11 +106,7 @@ class ModelStats:
                 "inference_count": self.inference_count, "execution_count": self.execution_count,
                 "inference_stats": {
                     "success": self.success.as_dict(), "fail": self.fail.as_dict(), "queue": self.queue.as_dict(),
-                    "compute_input": zero, "compute_infer": self.compute_infer.as_dict(), "compute_output": zero,
-                    "cache_hit": zero, "cache_miss": zero,
+                    **self.compute.as_dict(), "cache_hit": zero, "cache_miss": zero,
                 },
-                "batch_stats": [
-                    {"batch_size": size, "compute_input": zero, "compute_infer": d.as_dict(), "compute_output": zero}
-                    for size, d in sorted(self.batches.items())
-                ],
+                "batch_stats": [{"batch_size": size, **phases.as_dict()} for size, phases in sorted(self.batches.items())],
             }

@@ -30,6 +30,7 @@ from inferd.errors import InvalidInput
 from inferd.io import TextTokenizer, infer_in_chunks, load_tokenizer, texts_from
 from inferd.runtime import CompiledModel
 from inferd.runtime.batches import rows, split, stack
+from inferd.serve.phases import Phases
 from inferd.serve.text import text_spec
 
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
@@ -58,8 +59,9 @@ class BatchInputs(Protocol):
         """Requests with equal signatures may share a batch."""
         ...
 
-    def run(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]:
-        """On a worker thread: merge, infer, and split the outputs back per request; also the engine's seconds."""
+    def run(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], Phases]:
+        """On a worker thread: merge, infer, and split the outputs back per request; also the seconds each of those
+        took (input, infer, output)."""
         ...
 
 
@@ -76,7 +78,7 @@ class TensorInputs:
         """What must match for two requests to share a batch: every input's non-batch shape and dtype."""
         return tuple((name, tuple(value.shape[1:]), value.dtype.str) for name, value in feeds.items())
 
-    def run(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]:
+    def run(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], Phases]:
         """Stack, run, and split the outputs back by each request's rows.
 
         Stacking and splitting happen here, on the worker thread, rather than on
@@ -84,16 +86,17 @@ class TensorInputs:
         request for that long; so does aligning a lone request's arrays, which may
         be unaligned views of its body (engines may read them with aligned loads).
         """
-        if len(requests) == 1:
-            feeds = {name: value if value.flags.aligned else value.copy() for name, value in requests[0].items()}
-            started = time.perf_counter()
-            outputs = self.model.engine.infer(feeds)
-            return [outputs], time.perf_counter() - started
-        stacked = stack(requests)
         started = time.perf_counter()
-        outputs = self.model.engine.infer(stacked)
-        compute_s = time.perf_counter() - started
-        return split(outputs, [rows(feeds) for feeds in requests]), compute_s
+        if len(requests) == 1:
+            merged = {name: value if value.flags.aligned else value.copy() for name, value in requests[0].items()}
+        else:
+            merged = stack(requests)
+        stacked = time.perf_counter()
+        outputs = self.model.engine.infer(merged)
+        inferred = time.perf_counter()
+        results = [outputs] if len(requests) == 1 else split(outputs, [rows(feeds) for feeds in requests])
+        return results, Phases(input_s=stacked - started, infer_s=inferred - stacked,
+                               output_s=time.perf_counter() - inferred)
 
 
 class TextInputs:
@@ -129,19 +132,26 @@ class TextInputs:
     def signature(self, feeds: Mapping[str, np.ndarray]) -> Signature:
         return _TEXT_SIGNATURE
 
-    def run(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], float]:
+    def run(self, requests: list[dict[str, np.ndarray]]) -> tuple[list[Outputs], Phases]:
+        """Tokenizing is the batch's input phase; putting the chunks' outputs back in order and splitting them, its
+        output phase."""
+        started = time.perf_counter()
         texts = [text for feeds in requests for text in feeds[self.spec.name].tolist()]
-        engine_s: list[float] = []
+        input_s = infer_s = 0.0
+        mark = started  # the end of the previous chunk's run: the next chunk is tokenized from there
 
         def infer(tokens: dict[str, np.ndarray]) -> Outputs:
-            started = time.perf_counter()
-            try:
-                return self.model.engine.infer(tokens)
-            finally:
-                engine_s.append(time.perf_counter() - started)
+            nonlocal input_s, infer_s, mark
+            ready = time.perf_counter()
+            input_s += ready - mark
+            outputs = self.model.engine.infer(tokens)
+            mark = time.perf_counter()
+            infer_s += mark - ready
+            return outputs
 
         outputs = infer_in_chunks(self.tokenizer, texts, infer, chunk_rows=self.chunk_rows)
-        return split(outputs, [rows(feeds) for feeds in requests]), sum(engine_s)
+        results = split(outputs, [rows(feeds) for feeds in requests])
+        return results, Phases(input_s=input_s, infer_s=infer_s, output_s=time.perf_counter() - mark)
 
 
 def text_rows(values: Iterable[object]) -> np.ndarray:

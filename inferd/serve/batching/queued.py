@@ -14,6 +14,7 @@ import numpy as np
 
 from inferd.errors import DeadlineExceeded
 from inferd.serve.batching.inputs import Outputs, Signature
+from inferd.serve.phases import Phases
 
 
 @dataclass(eq=False)
@@ -29,6 +30,8 @@ class QueuedRequest:
     started: bool = False
     """Set by the worker thread when the request's batch starts on the engine; from then on its deadline no longer
     applies, as the result is on the way."""
+    phases: Phases | None = None
+    """Where the request's time goes: its face's, which the batcher adds its queue time and its batch's compute to."""
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -49,9 +52,9 @@ class QueuedRequest:
 @dataclass
 class BatchRun:
     """What a worker thread reports back for one batch: the requests it ran (not those expired while handed over),
-    when it started them, and their outputs with the engine's seconds."""
+    when it started them, and their outputs with the seconds the batch spent in each compute phase."""
 
     ran: list[QueuedRequest]
     started_at: float
     results: list[Outputs]
-    compute_s: float
+    phases: Phases

@@ -46,6 +46,7 @@ from inferd.runtime.compiled import CompiledModel
 from inferd.serve.batching.inputs import BatchInputs, Checked, Outputs, TensorInputs
 from inferd.serve.batching.queued import BatchRun, QueuedRequest
 from inferd.serve.malloc import MemoryTrimmer
+from inferd.serve.phases import Phases
 from inferd.serve.settings import ServingSettings
 
 WATCH_AFTER_S = 0.25
@@ -65,7 +66,7 @@ class ClientDisconnected(InferdError):
 class BatchObserver(Protocol):
     """Metrics hook, called on the event loop, so implementations need no locking."""
 
-    def on_batch(self, rows: int, requests: int, compute_s: float) -> None: ...
+    def on_batch(self, rows: int, requests: int, phases: Phases) -> None: ...
 
     def on_dequeued(self, queue_s: float) -> None: ...
 
@@ -118,6 +119,7 @@ class DynamicBatcher:
         *,
         deadline: float | None = None,
         disconnected: Callable[[], Awaitable[object]] | None = None,
+        phases: Phases | None = None,
     ) -> Outputs:
         """The model's outputs for `feeds`, computed in a batch with whatever else is queued.
 
@@ -125,7 +127,8 @@ class DynamicBatcher:
         only, because once a batch runs its result is on the way and abandoning it
         would save nothing. `disconnected` returns when the client has gone; a
         request still waiting then is dropped with ClientDisconnected. `feeds` are checked by the model's
-        `BatchInputs` here, unless a face has checked them already (`Checked`).
+        `BatchInputs` here, unless a face has checked them already (`Checked`). `phases`, when given, receives the
+        request's queue time and its batch's compute once the batch has run.
         """
         checked = feeds.feeds if isinstance(feeds, Checked) else self.inputs.check(feeds)
         rows = rows_of(checked)
@@ -136,7 +139,7 @@ class DynamicBatcher:
             deadline = now + self.settings.timeout_s
         request = QueuedRequest(
             feeds=checked, rows=rows, signature=self.inputs.signature(checked), enqueued=now, deadline=deadline,
-            future=self._ensure_started().create_future(),
+            future=self._ensure_started().create_future(), phases=phases,
         )
         if request.expired(now):
             raise request.deadline_error(self.name, now)
@@ -321,8 +324,8 @@ class DynamicBatcher:
         for request in ran:
             request.started = True
         try:
-            results, compute_s = self.inputs.run([r.feeds for r in ran]) if ran else ([], 0.0)
-            return BatchRun(ran, started_at, results, compute_s)
+            results, phases = self.inputs.run([r.feeds for r in ran]) if ran else ([], Phases())
+            return BatchRun(ran, started_at, results, phases)
         finally:
             self._trimmer.trim()
 
@@ -348,13 +351,18 @@ class DynamicBatcher:
         run = running.result()
         if not run.ran:
             return
-        self._compute_s = run.compute_s if self._compute_s is None else (
-            _COMPUTE_SMOOTHING * run.compute_s + (1 - _COMPUTE_SMOOTHING) * self._compute_s
+        compute_s = run.phases.compute_s
+        self._compute_s = compute_s if self._compute_s is None else (
+            _COMPUTE_SMOOTHING * compute_s + (1 - _COMPUTE_SMOOTHING) * self._compute_s
         )
+        for request in run.ran:
+            queue_s = run.started_at - request.enqueued
+            if request.phases is not None:
+                request.phases.add_batch(run.phases, queue_s)
+            if self.observer is not None:
+                self.observer.on_dequeued(queue_s)
         if self.observer is not None:
-            for request in run.ran:
-                self.observer.on_dequeued(run.started_at - request.enqueued)
-            self.observer.on_batch(sum(r.rows for r in run.ran), len(run.ran), run.compute_s)
+            self.observer.on_batch(sum(r.rows for r in run.ran), len(run.ran), run.phases)
         for request, outputs in zip(run.ran, run.results, strict=True):
             if not request.future.done():
                 request.future.set_result(outputs)

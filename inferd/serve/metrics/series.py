@@ -30,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from inferd.serve.metrics.triton import CpuUsage, ModelSnapshot, triton_families
+from inferd.serve.phases import Phases
 from inferd.serve.stats import ModelStats
 
 log = logging.getLogger("inferd.serve")
@@ -155,11 +156,12 @@ class BatchSeries:
         self._compute = metrics.compute_duration.labels(model, version)
         self._queue = metrics.queue_duration.labels(model, version)
 
-    def on_batch(self, rows: int, requests: int, compute_s: float) -> None:
-        """Count compute once per request it served, so queue + compute add up to request time per request."""
+    def on_batch(self, rows: int, requests: int, phases: Phases) -> None:
+        """Count the model's compute once per request it served, so queue + compute add up to request time per
+        request."""
         self._batch_size.observe(rows)
         for _ in range(requests):
-            self._compute.observe(compute_s)
+            self._compute.observe(phases.infer_s)
 
     def on_dequeued(self, queue_s: float) -> None:
         self._queue.observe(queue_s)

@@ -10,9 +10,9 @@ counter's samples, so the cumulative series are written untyped under Triton's
 exact names: a query written for Triton matches them as they are, and `rate()`
 works on them as on any counter.
 
-inferd times a batch's compute as one span (merging the inputs, running the
-model, splitting the outputs), so Triton's compute-input and compute-output
-series are 0 and compute-infer holds the whole of it, as in `/v2/models/stats`.
+The compute series are Triton's three phases as `/v2/models/stats` reports them
+(`inferd.serve.phases`): input (decoding, preprocessing, stacking), infer (the
+model), output (splitting, encoding).
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ _CUMULATIVE: tuple[tuple[str, str, Callable[[dict[str, Any]], float]], ...] = (
      lambda s: s["inference_stats"]["success"]["ns"] / 1000),
     ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
      lambda s: s["inference_stats"]["queue"]["ns"] / 1000),
-    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds "
-     "(inferd counts it in compute infer)", lambda s: s["inference_stats"]["compute_input"]["ns"] / 1000),
+    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds",
+     lambda s: s["inference_stats"]["compute_input"]["ns"] / 1000),
     ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds",
      lambda s: s["inference_stats"]["compute_infer"]["ns"] / 1000),
-    ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds "
-     "(inferd counts it in compute infer)", lambda s: s["inference_stats"]["compute_output"]["ns"] / 1000),
+    ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds",
+     lambda s: s["inference_stats"]["compute_output"]["ns"] / 1000),
 )
 
 

@@ -198,10 +198,13 @@ async def infer(request: Request, model: str) -> Response:
     entry.admit()  # refuse overload before buffering the body: memory stays flat under a flood
     body = await request.body()
     shared_memory = _shared_memory(request)
-    decoded = decode_request(body, request.headers.get(INFERENCE_HEADER), shared_memory=shared_memory)
-    response = await run_inference(entry, decoded, max_image_pixels=request.app.state.settings.max_image_pixels,
-                                   disconnected=when_client_gone(request))
-    payload, header_length = encode_response(response, shared_memory=shared_memory)
+    with entry.measured() as phases:
+        with phases.input():
+            decoded = decode_request(body, request.headers.get(INFERENCE_HEADER), shared_memory=shared_memory)
+        response = await run_inference(entry, decoded, phases=phases, disconnected=when_client_gone(request),
+                                       max_image_pixels=request.app.state.settings.max_image_pixels)
+        with phases.output():
+            payload, header_length = encode_response(response, shared_memory=shared_memory)
     if header_length is None:
         return Response(payload, media_type="application/json")
     return Response(payload, media_type="application/octet-stream", headers={INFERENCE_HEADER: str(header_length)})

@@ -19,6 +19,7 @@ from inferd.io import top_k
 from inferd.runtime.feeds import conform, same_batch
 from inferd.serve.batching.inputs import Checked, text_rows
 from inferd.serve.images import decode_batch
+from inferd.serve.phases import Phases
 from inferd.serve.repository import ModelEntry
 from inferd.serve.settings import MAX_TIMEOUT_S
 from inferd.serve.v2.json_values import describe
@@ -29,15 +30,18 @@ from inferd.types import ImageType, TextType
 
 
 async def run_inference(
-    entry: ModelEntry, decoded: InferRequest, *, max_image_pixels: int, timeout_s: float | None = None,
+    entry: ModelEntry, decoded: InferRequest, *, phases: Phases, max_image_pixels: int, timeout_s: float | None = None,
     disconnected: Callable[[], Awaitable[object]] | None = None,
 ) -> InferResponse:
-    """`timeout_s` is the transport's own deadline (gRPC's); the request's `timeout` parameter wins over it."""
-    feeds = await _checked(entry, decoded, max_image_pixels)
+    """`timeout_s` is the transport's own deadline (gRPC's); the request's `timeout` parameter wins over it.
+    Checking and conforming the inputs (decoding images) is input time in `phases`, ranking classes output time."""
     requested = _timeout_s(decoded)
-    outputs = await entry.infer(feeds, timeout_s=requested if requested is not None else timeout_s,
+    with phases.input():
+        feeds = await _checked(entry, decoded, max_image_pixels)
+    outputs = await entry.infer(feeds, phases=phases, timeout_s=requested if requested is not None else timeout_s,
                                 disconnected=disconnected)
-    return _response(entry, decoded, outputs)
+    with phases.output():
+        return _response(entry, decoded, outputs)
 
 
 def _response(entry: ModelEntry, decoded: InferRequest, outputs: dict[str, np.ndarray]) -> InferResponse:

@@ -250,10 +250,13 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Protobuf to the shared request, the data plane, and back: the three steps of HTTP's `infer`."""
         entry = self.repository.get(request.model_name, request.model_version or None)
         entry.admit()
-        decoded = request_from_grpc(request, self.shared_memory)
-        response = await run_inference(entry, decoded, max_image_pixels=self.max_image_pixels,
-                                       timeout_s=context.time_remaining())
-        return response_to_grpc(response, self.shared_memory)
+        with entry.measured() as phases:
+            with phases.input():
+                decoded = request_from_grpc(request, self.shared_memory)
+            response = await run_inference(entry, decoded, phases=phases, max_image_pixels=self.max_image_pixels,
+                                           timeout_s=context.time_remaining())
+            with phases.output():
+                return response_to_grpc(response, self.shared_memory)
 
     # -- bookkeeping --------------------------------------------------------------------------
 
