@@ -16,6 +16,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
@@ -27,12 +28,13 @@ from pathlib import Path  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import tritonclient.http as triton  # noqa: E402
+import yaml  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from inferd import tolerance  # noqa: E402
-from inferd.deploy.ray.app import build_app, start_proxies  # noqa: E402
+from inferd.deploy.ray.app import BUILDER, build_app, start_proxies  # noqa: E402
 from inferd.deploy.ray.settings import RaySettings  # noqa: E402
 from inferd.manifest import Manifest, Source  # noqa: E402
 from inferd.package import ModelPackage  # noqa: E402
@@ -130,6 +132,7 @@ def stays_on_loopback(cluster: RayCluster) -> Iterator[None]:
 
 
 def _repository(tmp: Path, *names: str, source: Path) -> Path:
+    tmp.mkdir(exist_ok=True)
     for name in names:
         (tmp / name).symlink_to(source / name)
     return tmp
@@ -299,6 +302,37 @@ def test_overload_answers_429_with_retry_after(cluster: RayCluster, tmp_path: Pa
     # bounded: two requests run, two wait at each caller; everything else is refused at once
     assert statuses[200] <= 32, statuses
     print(f"overload: {dict(statuses)} from 64 requests, 32 at a time")
+
+
+def test_serve_run_deploys_the_written_config(cluster: RayCluster, server: LiveServer, tmp_path: Path,
+                                              default_repository: Path, chelsea_tensor: np.ndarray) -> None:
+    """`inferd deploy ray` writes serve.yaml, Serve's own `serve run` deploys it, tritonclient calls it over HTTP."""
+    repository = _repository(tmp_path / "models", "efficientnet-lite0", source=default_repository)
+    config = tmp_path / "serve.yaml"
+    port = cluster.url.rsplit(":", 1)[1]
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([bin_dir / "inferd", "deploy", "ray", str(repository), "-o", str(config), "--ray-option",
+                    f"http_port={port}", "--ray-option", "proxy_location=HeadOnly", "--ray-option",
+                    "cpus_per_replica=0.5"], check=True, capture_output=True, timeout=60)
+    written = yaml.safe_load(config.read_text())["applications"]
+    assert [(app["name"], app["import_path"], app["args"]["repository"]) for app in written] == [
+        (APP, BUILDER, str(repository.resolve()))]
+    if APP in serve.status().applications:
+        serve.delete(APP)  # so that the application found running below is the one `serve run` deployed
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    ran = subprocess.run([bin_dir / "serve", "run", str(config), "--address", cluster.cluster.address,
+                          "--non-blocking"], capture_output=True, text=True, env=env, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    deadline = time.monotonic() + 90
+    while (app := serve.status().applications.get(APP)) is None or app.status != "RUNNING":
+        assert time.monotonic() < deadline, f"serve run's application is not running after 90 s: {app}"
+        time.sleep(0.5)
+    assert set(app.deployments) == {"_router", "efficientnet-lite0"}
+    ours, theirs = (triton.InferenceServerClient(url.removeprefix("http://")) for url in (cluster.url, server.url))
+    assert ours.is_model_ready("efficientnet-lite0") and not ours.is_model_ready("minilm-l6")
+    same = tolerance.compare("logits", _infer_tensor(theirs, "efficientnet-lite0", chelsea_tensor),
+                             _infer_tensor(ours, "efficientnet-lite0", chelsea_tensor), classifier_activation="softmax")
+    assert same.passed, same.reason
 
 
 def test_worker_node_lost_under_traffic(cluster: RayCluster, tmp_path: Path, default_repository: Path,
