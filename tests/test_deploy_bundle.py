@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from inferd.cli import app
 from inferd.deploy import bundle
+from inferd.deploy.monitoring import DASHBOARD, RULES
 from inferd.errors import InferdError
 from inferd.serve.settings import ServerSettings, ServingSettings
 
@@ -37,7 +38,8 @@ def written(default_repository: Path, tmp_path_factory: pytest.TempPathFactory) 
 def test_the_command_writes_every_file(written: Path) -> None:
     assert {p.name for p in written.iterdir()} == {
         "inferd.service", "io.inferd.server.plist", "Dockerfile", "compose.yaml", "prometheus.yml", "nginx.conf",
-        "kserve.yaml", "kubernetes.yaml", "inferd.env.example"}
+        "kserve.yaml", "kubernetes.yaml", "inferd.env.example", "inferd-rules.yml", "inferd-dashboard.json",
+        "grafana-datasources.yaml", "grafana-dashboards.yaml"}
 
 
 def test_no_bundle_for_a_missing_repository(tmp_path: Path) -> None:
@@ -167,6 +169,46 @@ def test_compose_has_the_spec_shape(written: Path) -> None:
     assert (written / services["inferd"]["build"]["dockerfile"]).is_file()
     scrape = yaml.safe_load((written / "prometheus.yml").read_text())["scrape_configs"][0]
     assert scrape["static_configs"][0]["targets"] == ["inferd:8000"] and scrape["metrics_path"] == "/metrics"
+
+
+def _mounts(written: Path, service: str) -> dict[str, str]:
+    """A compose service's bind mounts: where in the container -> which file of the bundle."""
+    volumes = yaml.safe_load((written / "compose.yaml").read_text())["services"][service]["volumes"]
+    return {volume.split(":")[1]: volume.split(":")[0] for volume in volumes if volume.startswith("./")}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (.ci/run installs it)")
+def test_prometheus_loads_the_rules_compose_mounts(written: Path, tmp_path: Path) -> None:
+    """promtool checks the config and the rules it names, read where compose mounts them from."""
+    config = yaml.safe_load((written / "prometheus.yml").read_text())
+    mounts = _mounts(written, "prometheus")
+    assert mounts["/etc/prometheus/prometheus.yml"] == "./prometheus.yml"
+    [rules] = config["rule_files"]
+    assert mounts[rules] == "./inferd-rules.yml"
+    assert (written / "inferd-rules.yml").read_text() == RULES.read_text()
+    config["rule_files"] = [str(written / mounts[rules])]
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump(config))
+    checked = subprocess.run(["promtool", "check", "config", str(local)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 23 rules found" in checked.stdout
+    assert config["scrape_configs"][0]["job_name"] == "inferd"  # the job the rules' scrape alerts select
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(written: Path) -> None:
+    compose = yaml.safe_load((written / "compose.yaml").read_text())
+    mounts = _mounts(written, "grafana")
+    sources = yaml.safe_load((written / mounts["/etc/grafana/provisioning/datasources/inferd.yaml"]).read_text())
+    [source] = sources["datasources"]
+    assert sources["apiVersion"] == 1 and source["type"] == "prometheus" and source["isDefault"] is True
+    published = compose["services"]["prometheus"]["ports"][0].split(":")[-1]
+    assert source["url"] == f"http://prometheus:{published}"
+    providers = yaml.safe_load((written / mounts["/etc/grafana/provisioning/dashboards/inferd.yaml"]).read_text())
+    [provider] = providers["providers"]
+    assert provider["type"] == "file"
+    [dashboard] = [target for target in mounts if target.startswith(provider["options"]["path"] + "/")]
+    assert mounts[dashboard] == "./inferd-dashboard.json"
+    assert json.loads((written / "inferd-dashboard.json").read_text()) == json.loads(DASHBOARD.read_text())
 
 
 def test_kubernetes_objects_pass_the_api_schema(written: Path) -> None:

@@ -1,4 +1,5 @@
-"""The deployment bundle: service files, container, balancer and cluster manifests for one repository.
+"""The deployment bundle: service files, container, balancer and cluster manifests, and monitoring (inferd's
+Prometheus rules and Grafana dashboard, provisioned by the compose file) for one repository.
 
 Every file is rendered from the same `ServerSettings` that `inferd serve` takes, so a port, a body limit or a
 deadline is written once and the balancer, the container probe and the service agree with the server. The API key
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from inferd.deploy.monitoring import DASHBOARD, RULES
 from inferd.errors import InvalidInput
 from inferd.serve.settings import ServerSettings
 from inferd.version import __version__
@@ -25,6 +27,8 @@ MODEL_FORMATS = ("onnx", "inferd", "tensorflow", "pytorch")
 
 ENV_FILE = "/etc/inferd/inferd.env"
 CONTAINER_REPOSITORY = "/srv/inferd/models"
+PROMETHEUS_RULES = "/etc/prometheus/inferd-rules.yml"
+GRAFANA_DASHBOARDS = "/var/lib/grafana/dashboards/inferd"
 
 
 @dataclass(frozen=True)
@@ -119,10 +123,14 @@ def write_bundle(repository: Path, output: Path, settings: ServerSettings, balan
         "kserve_args": json.dumps(["serve", "/mnt/models", *serve_args(settings, "", "0.0.0.0", port, grpc_port)[1:]]),
         "model_formats": MODEL_FORMATS, "service_name": repository.name.lower().replace("_", "-"),
         "replicas": len(balancer.backends),
+        "prometheus_rules": PROMETHEUS_RULES, "grafana_dashboards": GRAFANA_DASHBOARDS, "scrape_interval": "15s",
     }
     templates = _environment()
     files = {name: templates.get_template(f"{name}.j2").render(values) for name in
-             ("inferd.service", "Dockerfile", "compose.yaml", "prometheus.yml", "kserve.yaml", "kubernetes.yaml")}
+             ("inferd.service", "Dockerfile", "compose.yaml", "prometheus.yml", "kserve.yaml", "kubernetes.yaml",
+              "grafana-datasources.yaml", "grafana-dashboards.yaml")}
+    files["inferd-rules.yml"] = RULES.read_text()
+    files["inferd-dashboard.json"] = DASHBOARD.read_text()
     files["nginx.conf"] = render_nginx(settings, balancer)
     files["io.inferd.server.plist"] = plistlib.dumps(launchd_job(settings, repository)).decode()
     files["inferd.env.example"] = ("# Copy to inferd.env (compose) or /etc/inferd/inferd.env (systemd), mode 0600.\n"
