@@ -24,6 +24,7 @@ from rich.console import Console
 
 from inferd.serve.metrics.series import LATENCY_BUCKETS
 from inferd.serve.monitor.quantile import bucket_deltas, counter_delta, histogram_quantile
+from inferd.serve.monitor.sample import ServerSample
 from inferd.serve.monitor.watch import Monitor
 from tests.conftest import LiveServer, free_port
 
@@ -162,7 +163,7 @@ def test_live_view_renders_servers_and_models(server: LiveServer, chelsea_png: b
 
     nobody = f"http://127.0.0.1:{free_port()}"
 
-    async def two_polls() -> list:
+    async def two_polls() -> list[ServerSample]:
         monitor = Monitor([server.url, nobody])
         try:
             await monitor.poll()
@@ -186,20 +187,22 @@ def test_a_server_that_goes_away_is_down_and_recovers(default_repository: Path) 
 
     live = LiveServer(ServerSettings(repository=default_repository, model_control="explicit", access_log=False))
 
-    async def watch() -> list[bool]:
-        monitor = Monitor([live.url], timeout_s=1)
-        states = [(await monitor.poll())[0].up]
-        with live:
-            first = (await monitor.poll())[0]
-            await asyncio.sleep(0.2)
-            second = (await monitor.poll())[0]
-            states += [first.up, second.up]
-            assert first.cpu_percent is None and second.cpu_percent is not None and second.rss_bytes
-        states.append((await monitor.poll())[0].up)
-        await monitor.aclose()
-        return states
+    async def watch() -> list[ServerSample]:
+        monitor = Monitor([live.url], timeout_s=10)  # generous: a loaded machine is slow, not down
+        try:
+            samples = await monitor.poll()
+            with live:
+                samples += await monitor.poll()
+                await asyncio.sleep(0.2)
+                samples += await monitor.poll()
+            return samples + await monitor.poll()
+        finally:
+            await monitor.aclose()
 
-    assert asyncio.run(watch()) == [False, True, True, False]
+    before, first, second, after = asyncio.run(watch())
+    assert [s.up for s in (before, first, second, after)] == [False, True, True, False], (before, first, after)
+    assert "connection refused" in (before.error or "") and "connection refused" in (after.error or "")
+    assert first.cpu_percent is None and second.cpu_percent is not None and second.rss_bytes  # rates need two
 
 
 # Prometheus's histogram_quantile on the same buckets: the promtool unit test below fails unless they agree.

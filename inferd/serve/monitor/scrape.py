@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -94,8 +95,10 @@ async def scrape(client: httpx.AsyncClient, url: str) -> Scrape:
     return Scrape(arrived, samples)
 
 
-def _cause(exc: Exception) -> str:
-    """httpx wraps the socket error; its innermost message ('Connection refused') is the useful part."""
+def _cause(exc: BaseException) -> str:
+    """httpx wraps the socket error; its innermost one, by its errno ('Connection refused'), is the useful part."""
     while exc.__cause__ is not None or exc.__context__ is not None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
