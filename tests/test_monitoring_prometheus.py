@@ -93,7 +93,7 @@ def monitored(default_repository: Path, chelsea_png: bytes, tmp_path_factory: py
         try:
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "inferd", "serve", str(repository), "--port", str(port), "--max-queue-size", "1",
-                 "--max-queue-delay-ms", "20", "--no-access-log"], stdout=out, stderr=out))
+                 "--max-queue-delay-ms", "100", "--no-access-log"], stdout=out, stderr=out))
             processes.append(subprocess.Popen(
                 ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={root / 'tsdb'}",
                  f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn"], stdout=out, stderr=out))
