@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,18 +19,19 @@ from inferd.bench.load.windows import within
 from tests.conftest import LiveServer, encode
 
 SHORT = ["--concurrency", "1,2", "--window-ms", "300", "--max-windows", "4"]
+KEY = "loadtest-key"  # the server wants one, so every run also proves the key goes with each request
 
 
-def loadtest(*args: str) -> subprocess.CompletedProcess[str]:
+def loadtest(*args: str, key: str = KEY) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "inferd", "loadtest", *args], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env={**os.environ, "INFERD_API_KEY": key})
 
 
 @pytest.fixture(scope="module")
 def live(default_repository: Path) -> Iterator[LiveServer]:
     from inferd.serve import ServerSettings
 
-    with LiveServer(ServerSettings(repository=default_repository, grpc_port=0)) as server:
+    with LiveServer(ServerSettings(repository=default_repository, grpc_port=0, api_key=KEY)) as server:
         yield server
 
 
@@ -99,10 +101,11 @@ def test_refused_requests_are_counted_as_errors(live: LiveServer, tmp_path: Path
     (["not-a-url"], "give the server's address"),
     (["{url}", "--model", "no-such-model"], "has no model 'no-such-model'; it serves efficientnet-lite0, minilm-l6"),
     (["{grpc}", "--protocol", "grpc", "--model", "no-such-model"], "has no model 'no-such-model'"),
+    (["{url}"], "refused the API key (401): give the right one with --api-key or INFERD_API_KEY"),
 ])
 def test_user_errors_exit_2_with_one_line(live: LiveServer, args: list[str], message: str) -> None:
     filled = [a.format(url=live.url, grpc=_grpc_address(live)) for a in args]
-    run = loadtest(*filled)
+    run = loadtest(*filled, key="wrong" if "refused the API key" in message else KEY)
     assert run.returncode == 2, run.stderr
     assert message in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1

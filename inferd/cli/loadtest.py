@@ -42,6 +42,7 @@ def loadtest(
     max_windows: Annotated[int, typer.Option(min=3, help="windows before a level is reported as unstable")] = 10,
     client: Annotated[str, typer.Option(help="HTTP client: raw (keep-alive sockets, cheapest), aiohttp or "
                                         "httpx")] = "raw",
+    api_key: Annotated[str | None, typer.Option(envvar="INFERD_API_KEY", help="the server's API key")] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds before a request counts as failed")] = 30.0,
     json_file: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="write one row per level as CSV")] = None,
@@ -65,7 +66,12 @@ def loadtest(
         raise InvalidInput("--html embeds the plot: give --plot FILE.png too")
     if plot and plot.suffix.lower() != ".png":
         raise InvalidInput(f"--plot writes a PNG: name it FILE.png, not {plot.name}")
-    target = grpc_target(url, model) if protocol == "grpc" else http_target(url, model)
+    if plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InvalidInput("--plot needs matplotlib: pip install 'inferd[plots]'") from None
+    target = grpc_target(url, model, api_key) if protocol == "grpc" else http_target(url, model, api_key)
     workload = build(target, input_file=input_file, images=images, text=text, fmt=fmt, route=route)
     plan = WindowPlan(window_s=window_ms / 1000, stability=stability / 100, max_windows=max_windows)
     console.print(f"{target.model} at {target.address}: {workload.describe}; concurrency {levels}, windows of "

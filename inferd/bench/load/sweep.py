@@ -81,7 +81,7 @@ async def _sweep(target: Target, workload: Workload, concurrencies: list[int], p
     if target.protocol == "grpc":
         from inferd.bench.load.triton_grpc import GrpcInputs
 
-        grpc = GrpcInputs(target.address, target.model, workload.tensors, target.outputs)
+        grpc = GrpcInputs(target.address, target.model, workload.tensors, target.outputs, target.headers)
 
         async def one(index: int, t0: float) -> Record:
             started = clock()
@@ -95,7 +95,8 @@ async def _sweep(target: Target, workload: Workload, concurrencies: list[int], p
             await grpc.close()
         return levels
 
-    prepared, url = workload.prepared, workload.url
+    prepared = [p._replace(headers={**p.headers, **target.headers}) for p in workload.prepared]
+    url = workload.url
     async with Client(client_kind, max(concurrencies), timeout_s) as client:
 
         async def one(index: int, t0: float) -> Record:

@@ -19,6 +19,8 @@ class Target:
     address: str  # the HTTP base URL (scheme, host, port), or host:port for gRPC
     model: str
     metadata: dict[str, Any]  # V2 model metadata: name, versions, inputs and outputs with datatype and shape
+    headers: dict[str, str]  # what every request carries besides its body's own headers: the API key
+
 
     @property
     def inputs(self) -> list[dict[str, Any]]:
@@ -41,14 +43,25 @@ def _pick(model: str | None, names: list[str] | None, where: str) -> str:
     return model
 
 
-def http_target(url: str, model: str | None, timeout_s: float = 10.0) -> Target:
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _refused(status: int, where: str) -> None:
+    if status in (401, 403):
+        raise InferdError(f"{where} refused the API key ({status}): give the right one with --api-key or "
+                          "INFERD_API_KEY")
+
+
+def http_target(url: str, model: str | None, api_key: str | None = None, timeout_s: float = 10.0) -> Target:
     import httpx
 
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"cannot use the URL {url!r}: give the server's address, e.g. http://127.0.0.1:8000")
     base = f"{parts.scheme}://{parts.netloc}"
-    with httpx.Client(base_url=base, timeout=timeout_s, trust_env=False) as client:
+    headers = auth_headers(api_key)
+    with httpx.Client(base_url=base, timeout=timeout_s, trust_env=False, headers=headers) as client:
         try:
             ready = client.get("/v2/health/ready")
         except httpx.HTTPError as exc:
@@ -58,16 +71,18 @@ def http_target(url: str, model: str | None, timeout_s: float = 10.0) -> Target:
             raise InferdError(f"{base} is not ready (GET /v2/health/ready answered {ready.status_code}); "
                               "wait for its models to load, or check it is a V2 inference server")
         index = client.post("/v2/repository/index", json={"ready": True})
+        _refused(index.status_code, base)
         names = [row["name"] for row in index.json()] if index.status_code == 200 else None
         chosen = _pick(model, list(dict.fromkeys(names)) if names is not None else None, base)
         metadata = client.get(f"/v2/models/{urllib.parse.quote(chosen, safe='')}")
+        _refused(metadata.status_code, base)
         if metadata.status_code != 200:
             raise ModelNotFound(f"{base} has no model {chosen!r} (GET /v2/models/{chosen} answered "
                                 f"{metadata.status_code}); name one it serves with --model")
-        return Target("http", base, chosen, metadata.json())
+        return Target("http", base, chosen, metadata.json(), headers)
 
 
-def grpc_target(address: str, model: str | None) -> Target:
+def grpc_target(address: str, model: str | None, api_key: str | None = None) -> Target:
     import tritonclient.grpc as grpc_client
     from tritonclient.utils import InferenceServerException
 
@@ -77,23 +92,28 @@ def grpc_target(address: str, model: str | None) -> Target:
         raise InvalidInput(f"cannot use {address!r} as a gRPC address: give HOST:PORT, e.g. 127.0.0.1:8001 "
                            "(the port `inferd serve --grpc-port` opened)")
     client = grpc_client.InferenceServerClient(address)
+    headers = {k.lower(): v for k, v in auth_headers(api_key).items()}  # gRPC metadata keys are lower case
     try:
         try:
-            ready = client.is_server_ready()
+            ready = client.is_server_ready(headers=headers)
         except InferenceServerException as exc:
             raise InferdError(f"cannot reach the gRPC server at {address} ({exc.status()}); is `inferd serve "
                               "--grpc-port` running there? Check the host and port") from None
         if not ready:
             raise InferdError(f"the gRPC server at {address} is not ready; wait for its models to load")
-        index = client.get_model_repository_index(as_json=True).get("models", [])
+        try:
+            index = client.get_model_repository_index(headers=headers, as_json=True).get("models", [])
+        except InferenceServerException as exc:
+            raise InferdError(f"{address} refused to list its models ({exc.message()}); if it wants an API key, "
+                              "give it with --api-key or INFERD_API_KEY") from None
         names = list(dict.fromkeys(row["name"] for row in index if row.get("state") == "READY"))
         chosen = _pick(model, names, address)
         try:
-            metadata: dict[str, Any] = client.get_model_metadata(chosen, as_json=True)
+            metadata: dict[str, Any] = client.get_model_metadata(chosen, headers=headers, as_json=True)
         except InferenceServerException as exc:
             raise ModelNotFound(f"{address} has no model {chosen!r} ({exc.message()})") from None
     finally:
         client.close()
     for tensor in (*metadata.get("inputs", []), *metadata.get("outputs", [])):
         tensor["shape"] = [int(d) for d in tensor.get("shape", [])]  # protobuf's JSON writes int64 as strings
-    return Target("grpc", address, chosen, metadata)
+    return Target("grpc", address, chosen, metadata, headers)

@@ -13,12 +13,14 @@ Tensors = list[tuple[str, str, np.ndarray]]
 class GrpcInputs:
     """Every request's InferInput objects built once, before the clock starts; `infer` only sends them."""
 
-    def __init__(self, address: str, model: str, requests: list[Tensors], outputs: list[str]) -> None:
+    def __init__(self, address: str, model: str, requests: list[Tensors], outputs: list[str],
+                 headers: dict[str, str] | None = None) -> None:
         import tritonclient.grpc.aio as grpc_client
 
         self.client = grpc_client.InferenceServerClient(address)
         self.model = model
         self.outputs = outputs
+        self.headers = headers
         self.inputs = []
         for tensors in requests:
             items = []
@@ -33,7 +35,8 @@ class GrpcInputs:
         from tritonclient.utils import InferenceServerException
 
         try:
-            result: Any = await self.client.infer(self.model, self.inputs[index % len(self.inputs)])
+            result: Any = await self.client.infer(self.model, self.inputs[index % len(self.inputs)],
+                                                  headers=self.headers)
         except InferenceServerException as exc:
             return 0, str(exc.status())
         missing = [name for name in self.outputs if result.as_numpy(name) is None]
