@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import pytest
@@ -33,7 +34,20 @@ KEY = "top-secret-key"
 
 
 def inferd_top(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it, in a process of its own."""
     return subprocess.run([sys.executable, "-m", "inferd", "top", *args], capture_output=True, text=True, timeout=120)
+
+
+def top_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The same entry point (`inferd.cli.main`, which turns errors into exit 2 and one line) in this process, which
+    saves a Python start per call; the servers answer from their own threads."""
+    from inferd.cli import main
+
+    capsys.readouterr()
+    with mock.patch.object(sys, "argv", ["inferd", "top", *args]), pytest.raises(SystemExit) as exited:
+        main()
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, int(exited.value.code or 0), out, err)
 
 
 class Traffic:
@@ -109,6 +123,7 @@ def test_once_json_two_servers_traffic_refusals_and_a_down_one(server: LiveServe
     low, high = _bucket_range(steady.latencies(200))
     assert low <= cat["p50_s"] <= high, (cat["p50_s"], low, high)
     assert cat["p50_s"] <= cat["p99_s"] <= high
+    assert 0 < cat["compute_time_s"] < high and 0 <= cat["queue_time_s"] < high
     assert cat["batch_size_mean"] >= 1 and sum(cat["batch_sizes"].values()) > 0
     assert cat["refusals_per_s"] == 0 and cat["errors_per_s"] == 0
     assert models["minilm-l6"]["requests_per_s"] == 0 and models["minilm-l6"]["p50_s"] is None
@@ -123,8 +138,8 @@ def test_once_json_two_servers_traffic_refusals_and_a_down_one(server: LiveServe
     assert not down["up"] and down["models"] == [] and "cannot connect" in down["error"]
 
 
-def test_once_table_without_json(server: LiveServer) -> None:
-    result = inferd_top(server.url, "--once", "--interval", "0.2")
+def test_once_table_without_json(server: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
+    result = top_here(capsys, server.url, "--once", "--interval", "0.2")
     assert result.returncode == 0, result.stderr
     for words in (server.url, MODEL, "minilm-l6", "p99 ms", "RSS"):
         assert words in result.stdout
@@ -136,25 +151,25 @@ def test_once_table_without_json(server: LiveServer) -> None:
     (["--once", "--json", "--interval", "0"], "--interval 0 is out of range"),
     (["--json"], "add --once"),
 ])
-def test_user_errors_are_one_line(args: list[str], message: str) -> None:
-    result = inferd_top(*args)
+def test_user_errors_are_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    result = top_here(capsys, *args)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
         result.stderr
 
 
-def test_unreachable_server_once_is_one_line() -> None:
+def test_unreachable_server_once_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
-    result = inferd_top(nobody, "--once", "--json")
+    result = top_here(capsys, nobody, "--once", "--json")
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and nobody in result.stderr
     assert "cannot connect" in result.stderr
 
 
-def test_api_key_missing_or_wrong_says_so(guarded: LiveServer) -> None:
+def test_api_key_missing_or_wrong_says_so(guarded: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
     for args in ([], ["--api-key", "wrong"]):
-        result = inferd_top(guarded.url, "--once", *args)
+        result = top_here(capsys, guarded.url, "--once", *args)
         assert result.returncode == 2 and "API key" in result.stderr, result.stderr
-    answered = inferd_top(f"{guarded.url}/metrics", "--once", "--json", "--interval", "0.2", "--api-key", KEY)
+    answered = top_here(capsys, f"{guarded.url}/metrics", "--once", "--json", "--interval", "0.2", "--api-key", KEY)
     assert answered.returncode == 0 and json.loads(answered.stdout)["servers"][0]["up"], answered.stderr
 
 
@@ -177,7 +192,7 @@ def test_live_view_renders_servers_and_models(server: LiveServer, chelsea_png: b
     console = Console(record=True, width=160, force_terminal=False)
     console.print(top_view(samples, 0.5))
     text = console.export_text()
-    for words in (MODEL, "minilm-l6", "req/s", "p50 ms", "batch sizes", "RSS", "1/2 up", f"{nobody}  down"):
+    for words in (MODEL, "minilm-l6", "req/s", "p50 ms", "wait+compute ms", "batch sizes", "RSS", "1/2 up", f"{nobody}  down"):
         assert words in text, text
 
 

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from inferd.serve.monitor.sample import ModelSample, ServerSample
 
-_COLUMNS = ("model", "req/s", "p50 ms", "p99 ms", "queue", "in flight", "batch", "batch sizes", "refused/s",
+_COLUMNS = ("model", "req/s", "p50 ms", "p99 ms", "wait+compute ms", "queue", "in flight", "batch", "batch sizes", "refused/s",
             "errors/s")
 
 
@@ -41,11 +41,19 @@ def _row(model: ModelSample) -> tuple[str, ...]:
     return (
         model.model, _number(model.requests_per_s, ".1f"),
         _number(model.p50_s and model.p50_s * 1000, ".1f"), _number(model.p99_s and model.p99_s * 1000, ".1f"),
+        _split(model.queue_time_s, model.compute_time_s),
         f"{model.queue_depth:g}", f"{model.in_flight:g}", _number(model.batch_size_mean, ".1f"),
         _distribution(model.batch_sizes),
         f"[yellow]{refused}[/yellow]" if model.refusals_per_s else refused,
         f"[red]{_number(model.errors_per_s, '.1f')}[/red]" if model.errors_per_s else _number(model.errors_per_s, ".1f"),
     )
+
+
+def _split(queue_s: float | None, compute_s: float | None) -> str:
+    """A request's mean time waiting for its batch and in its batch's compute: which of the two to tune."""
+    if queue_s is None or compute_s is None:
+        return "-"
+    return f"{queue_s * 1000:.1f}+{compute_s * 1000:.1f}"
 
 
 def _distribution(sizes: dict[str, float]) -> str:

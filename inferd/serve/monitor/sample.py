@@ -30,6 +30,9 @@ class ModelSample:
     requests_per_s: float | None = None
     p50_s: float | None = None
     p99_s: float | None = None
+    # where a request's time went, mean over the interval: waiting for its batch, and its batch's compute
+    queue_time_s: float | None = None
+    compute_time_s: float | None = None
     batch_size_mean: float | None = None
     # batches sent to the model in the interval, by size range ("1", "2", "3-4", ..., ">128")
     batch_sizes: dict[str, float] = field(default_factory=dict)
@@ -97,6 +100,8 @@ def _model(name: str, before: Scrape | None, now: Scrape, seconds: float | None)
         requests_per_s=sum(answers.values()) / seconds,
         p50_s=_finite(histogram_quantile(0.5, latency)),
         p99_s=_finite(histogram_quantile(0.99, latency)),
+        queue_time_s=_mean(before, now, "inferd_queue_duration_seconds", name),
+        compute_time_s=_mean(before, now, "inferd_compute_duration_seconds", name),
         batch_size_mean=rows / executions if executions else None,
         batch_sizes=_distribution(batches),
         refusals_per_s=sum(refusals.values()) / seconds,
@@ -127,6 +132,14 @@ def _buckets(scrape: Scrape, histogram: str, name: str) -> dict[float, float]:
 
 def _total(scrape: Scrape, series: str, name: str) -> float:
     return sum(value for _, _, value in scrape.by_model(series, model=name))
+
+
+def _mean(before: Scrape, now: Scrape, histogram: str, name: str) -> float | None:
+    """A histogram's mean observation over the interval: the increase of its sum over that of its count."""
+    count = counter_delta(_total(now, f"{histogram}_count", name), _total(before, f"{histogram}_count", name))
+    if not count:
+        return None
+    return counter_delta(_total(now, f"{histogram}_sum", name), _total(before, f"{histogram}_sum", name)) / count
 
 
 def _distribution(increases: dict[float, float]) -> dict[str, float]:
