@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from unittest import mock
 
@@ -111,6 +112,7 @@ def test_once_json_two_servers_traffic_refusals_and_a_down_one(server: LiveServe
         result = inferd_top(server.url, guarded.url, nobody, "--once", "--json", "--interval", "1", "--api-key", KEY)
     assert result.returncode == 1, result.stderr  # printed, and one server is down
     sample = json.loads(result.stdout)
+    assert abs(datetime.fromisoformat(sample["time"]).timestamp() - time.time()) < 60
     first, second, down = sample["servers"]
     assert [s["url"] for s in sample["servers"]] == [server.url, guarded.url, nobody]
 

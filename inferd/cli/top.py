@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -55,7 +56,8 @@ async def _once(monitor: Monitor, interval: float, as_json: bool) -> int:
     if not any(sample.up for sample in samples):
         raise InferdError("no server answered: " + "; ".join(f"{s.url}: {s.error}" for s in samples))
     if as_json:
-        print(json.dumps({"interval_s": interval, "servers": [sample.as_json() for sample in samples]}, indent=2))
+        taken = datetime.now(UTC).isoformat(timespec="seconds")
+        print(json.dumps({"time": taken, "interval_s": interval, "servers": [s.as_json() for s in samples]}, indent=2))
     else:
         from inferd.cli.top_view import top_view
 
