@@ -4,6 +4,8 @@ AF_UNIX datagram socket as systemd's NOTIFY_SOCKET, SIGTERM, tritonclient and gR
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import resource
 import signal
@@ -175,6 +177,37 @@ def test_sigterm_drains_both_faces_and_tells_systemd(image_repository: Path, che
     not_serving = [at for at, status in health if status == health_pb2.HealthCheckResponse.NOT_SERVING]
     assert health[0][1] == health_pb2.HealthCheckResponse.SERVING and not_serving, health
     assert not_serving[0] - signalled < 1.0 and not_serving[0] < outcomes["http answered"]  # type: ignore[operator]
+
+
+def test_a_request_on_a_kept_alive_connection_during_the_drain_is_answered(image_repository: Path,
+                                                                        chelsea_tensor: np.ndarray) -> None:
+    """A balancer's idle upstream connection, reused just after SIGTERM: the request it carries is answered (with
+    `Connection: close`), not met by a reset that nginx, for a POST, turns into a 502."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(image_repository, "--port", str(port), "--keep-alive-timeout", "3")
+    body = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(chelsea_tensor.shape),
+                                   "data": chelsea_tensor.ravel().tolist()}]})
+    try:
+        _ready(url, server)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("POST", f"/v2/models/{MODEL}/infer", body, {"content-type": "application/json"})
+        first = connection.getresponse()
+        first.read()
+        assert first.status == 200 and first.getheader("connection") != "close"
+        server.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # uvicorn's shutdown has run: the listener is closed, the connection is idle and kept
+        connection.request("POST", f"/v2/models/{MODEL}/infer", body, {"content-type": "application/json"})
+        last = connection.getresponse()
+        answer = json.loads(last.read())
+        assert last.status == 200 and last.getheader("connection") == "close"
+        assert top_label(np.array(answer["outputs"][0]["data"])) in CAT_LABELS
+        connection.close()
+        server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode in (0, -signal.SIGTERM)
 
 
 def test_metrics_port_serves_metrics_without_the_key(tmp_path: Path) -> None:

@@ -16,6 +16,12 @@ limits are added to the fast parser here instead:
   A request costs no timer of its own, only a clock reading: the timer is per connection.
 * **Connections**: past `max_connections`, a new connection gets 503 with Retry-After and is closed at once,
   before it costs a parse; uvicorn's `limit_concurrency` would keep it open to answer each request 503.
+* **Drain without the keep-alive race**: at shutdown uvicorn closes every idle kept-alive connection at once. A
+  balancer (nginx's upstream `keepalive`) may have just written a request on one of those: it reads a reset with
+  the request sent, and since inference is a POST it may not replay it, so the client gets a 502. Here an idle
+  connection stays open through the drain instead: a request that arrives on it is answered, with
+  `Connection: close`, and one that gets none is closed by uvicorn's keep-alive timer, which the balancer's own
+  idle timeout undercuts (the nginx bundle sets it a second shorter), so the balancer closes it first.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_begun = False  # whether a byte of it has come
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._draining = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -86,6 +93,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_since, self._head_begun, self._head_bytes = None, False, 0
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, then closed: the last request on a draining connection
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown, less the close of idle connections (see the module's docstring)."""
+        self._draining = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+        elif self.timeout_keep_alive_task is None and self._head_since is None:
+            self.transport.close()  # neither timer would ever close it
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._head_timer is not None:
