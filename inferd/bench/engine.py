@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from inferd.bench import macs
+from inferd.bench.peak import MachinePeaks
+from inferd.bench.roofline import roofline
 from inferd.package import ModelPackage
 from inferd.runtime import CompiledModel, load
 from inferd.runtime.selection import example_feeds
@@ -55,6 +58,7 @@ class ConfigResult:
     raw: Stats
     inferd: Stats
     load_seconds: float
+    roofline: dict[str, Any] | None = None  # inferd.bench.roofline.Roofline of the raw call's median
 
 
 @dataclass
@@ -65,9 +69,14 @@ class EngineReport:
     configs: list[ConfigResult] = field(default_factory=list)
     baseline: Stats | None = None
     baseline_name: str | None = None
+    operations: dict[str, Any] | None = None  # inferd.bench.macs.OpCount of one batch, where peaks were given
+    peaks: dict[str, Any] | None = None  # inferd.bench.peak.MachinePeaks
+    # every timed call in ms (inferd's predict per configuration, and the baseline's): plots draw their spread
+    timings_ms: dict[str, list[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["timings_ms"]  # thousands of numbers; the Stats keep what a report compares
         data["summary"] = self.summary()
         return data
 
@@ -119,8 +128,11 @@ def run_engine_benchmark(
     warmup: int = 20,
     precisions: tuple[Precision, ...] = (Precision.AUTO, Precision.FP32, Precision.BF16, Precision.FP16),
     torch_factory: str | None = None,
+    peaks: MachinePeaks | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> EngineReport:
+    """Time every configuration; with `peaks` (measured before any model loads: idle models' thread pools spin)
+    also count the graph's MACs and place each configuration's raw call against the roof of its precision."""
     package = ModelPackage.load(package_path)
     from inferd.runtime.devices import cpu_count, cpu_features, cpu_name
 
@@ -129,6 +141,7 @@ def run_engine_benchmark(
     default = load(package)
     feeds = {name: np.repeat(value, batch, axis=0) for name, value in
              example_feeds({s.name: (s.shape, s.dtype) for s in package.manifest.graph_inputs}).items()}
+    operations = macs.count(package.onnx_model, feeds) if peaks else None
     models: dict[str, tuple[CompiledModel, bool]] = {}
     for backend in ("openvino", "onnxruntime"):
         for precision in precisions:
@@ -164,13 +177,20 @@ def run_engine_benchmark(
             baseline_samples.extend(_time_calls(baseline, max(2, per_round // 4)))
     for key, (model, is_default) in models.items():
         raw_times, wrapped_times = samples[key]
+        bare = Stats.of(raw_times, batch)
+        place = (roofline(operations, batch, model.load_info.precision, bare.median_ms, peaks).as_dict()
+                 if operations and peaks else None)
         report.configs.append(ConfigResult(
             name=key, backend=model.load_info.backend, device=model.load_info.device,
             precision=model.load_info.precision, is_default=is_default,
-            raw=Stats.of(raw_times, batch), inferd=Stats.of(wrapped_times, batch),
-            load_seconds=model.load_info.seconds,
+            raw=bare, inferd=Stats.of(wrapped_times, batch), load_seconds=model.load_info.seconds, roofline=place,
         ))
+        report.timings_ms[key] = [1000 * t for t in wrapped_times]
     if baseline:
         report.baseline = Stats.of(baseline_samples, batch)
         report.baseline_name = "pytorch eager fp32"
+        report.timings_ms[report.baseline_name] = [1000 * t for t in baseline_samples]
+    if operations and peaks:
+        report.operations = {**operations.as_dict(), "macs_per_sample": operations.macs // batch}
+        report.peaks = peaks.as_dict()
     return report

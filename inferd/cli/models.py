@@ -164,6 +164,8 @@ def optimize(
         "the floor; fewer for inputs larger than 224x224, so each costs about the same)")] = None,
     report: Annotated[bool, typer.Option("--report", help="measure size, latency and fidelity of every step")] = False,
     report_json: Annotated[Path | None, typer.Option("--report-json", help="also write the report as JSON")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        help="draw the report (size vs fidelity vs latency per step) to this PNG, with an HTML page beside it")] = None,
     backends: Annotated[list[str], typer.Option("--backend", "-b", help="backends the report times")] = [  # noqa: B006
         "onnxruntime", "openvino"],
     force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
@@ -188,8 +190,12 @@ def optimize(
     if output.exists() and not force:
         raise InferdError(f"{output} already exists; pass --force to replace it or choose another --output")
     steps = opt.parse(pipeline)  # reject a bad pipeline before loading anything
+    if plot:
+        from inferd.bench.plotting import check_target
+
+        check_target(plot)
     original = ModelPackage.load(package_path(package))
-    wants_report = report or report_json is not None
+    wants_report = report or report_json is not None or plot is not None
     results = []
     with render.progress() as bar, opt.reporting(render.listener(bar)):
         eval_set = default_eval_set(original.manifest, eval_data, eval_samples,
@@ -222,6 +228,10 @@ def optimize(
             report_json.parent.mkdir(parents=True, exist_ok=True)
             report_json.write_text(compression_report_json(result_report))
             console.print(f"wrote {report_json}")
+        if plot:
+            from inferd.bench.plot_compression import write_plot
+
+            console.print(f"wrote {plot} and {write_plot(result_report, plot)}")
     if refused:
         raise InferdError(f"nothing written to {output}: the compressed model is below the floor; choose a milder "
                           "compression (--max-drop keeps the layers it hurts most), or pass --force-unusable to "

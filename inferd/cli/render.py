@@ -141,21 +141,58 @@ def compiled(first: CompiledModel, second: CompiledModel) -> None:
 
 def engine_report(report: EngineReport, package: object, batch: int) -> None:
     table = Table(title=f"{package} batch {batch} ({report.machine['cpu']}, {report.machine['cores']} cores)")
-    for column in ("configuration", "raw median", "inferd median", "mean", "p95", "p99", "throughput/s", ""):
+    columns = ["configuration", "raw median", "inferd median", "mean", "p95", "p99", "throughput/s"]
+    columns += ["GOP/s", "of peak"] if report.peaks else []
+    for column in (*columns, ""):
         table.add_column(column)
     for c in sorted(report.configs, key=lambda c: c.inferd.median_ms):
         s = c.inferd
+        place = [] if not report.peaks else ["", ""] if c.roofline is None else [
+            f"{c.roofline['achieved_gops']:.1f}",
+            f"{100 * c.roofline['fraction']:.1f}% of {c.roofline['peak_gops']:.0f}" if c.roofline["fraction"]
+            is not None else "no peak"]
         table.add_row(c.name, f"{c.raw.median_ms:.2f} ms", f"{s.median_ms:.2f} ms", f"{s.mean_ms:.2f}",
-                      f"{s.p95_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.throughput_per_s:.0f}", "default" if c.is_default else "")
+                      f"{s.p95_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.throughput_per_s:.0f}", *place,
+                      "default" if c.is_default else "")
     if report.baseline:
         b = report.baseline
         table.add_row(report.baseline_name or "baseline", "", f"{b.median_ms:.2f} ms", f"{b.mean_ms:.2f}",
-                      f"{b.p95_ms:.2f}", f"{b.p99_ms:.2f}", f"{b.throughput_per_s:.0f}", "baseline")
+                      f"{b.p95_ms:.2f}", f"{b.p99_ms:.2f}", f"{b.throughput_per_s:.0f}",
+                      *([""] * (len(columns) - 7)), "baseline")
     out.print(table)
     summary = report.summary()
     out.print(f"default vs best raw backend call: {summary['default_vs_best_raw']:.3f}x")
     if summary.get("speedup_vs_baseline"):
         out.print(f"speed-up over PyTorch eager: {summary['speedup_vs_baseline']:.2f}x")
+    if report.peaks and report.operations:
+        roofline(report)
+
+
+def roofline(report: EngineReport) -> None:
+    """The operation count, this machine's peaks and where each configuration's raw call stands."""
+    assert report.peaks is not None and report.operations is not None
+    ops = report.operations
+    unknown = f", {len(ops['unknown'])} layers of unknown shape not counted" if ops["unknown"] else ""
+    parts = [f"{op} {n / 1e9:.3f}" for op, n in ops["by_op"].items()]
+    parts += [f"int8 {ops['int8_macs'] / 1e9:.3f}"] if ops["int8_macs"] else []
+    out.print(f"operations: {ops['macs_per_sample'] / 1e9:.3f} GMACs per sample (one batch: {', '.join(parts)}), "
+              f"{ops['other_ops'] / 1e9:.3f} G elementwise/pooling ops not counted{unknown}", soft_wrap=True)
+    peaks = report.peaks
+    out.print(f"instruction sets found: {' '.join(peaks['features']) or 'none reported'}", soft_wrap=True)
+    for name, peak in peaks["peaks"].items():
+        line = (f"{name}: {peak['all_threads_gops']:.0f} GOP/s on {peaks['threads']} threads, "
+                f"{peak['one_thread_gops'] or 0:.0f} on one ({peak['kernel']})" if peak["absent"] is None
+                else f"{name}: absent ({peak['absent']})")
+        out.print(f"  peak {line}", soft_wrap=True)
+    out.print(f"  peaks {'from the cache' if peaks['cached'] else 'measured now'} (--refresh-peak measures again); "
+              "achieved = 2 x MACs x batch / raw median", soft_wrap=True)
+    for c in sorted(report.configs, key=lambda c: c.raw.median_ms):
+        if c.roofline is None:
+            continue
+        r = c.roofline
+        versus = (f"{100 * r['fraction']:.1f}% of the {r['peak_gops']:.0f} GOP/s peak" if r["fraction"] is not None
+                  else f"no peak to compare with ({r['note']})")
+        out.print(f"  {c.name}: achieved {r['achieved_gops']:.1f} GOP/s, {versus}", soft_wrap=True)
 
 
 def coreml_export(result: CoreMLExport, package: object) -> None:
