@@ -1,6 +1,7 @@
 """inferd on Ray Serve against `inferd serve`, on this machine: what Serve's proxy and router cost, and scale from zero.
 
-    .venv/bin/python benchmarks/ray_serve.py            # writes benchmarks/results/ray_serve.json
+    .venv/bin/python benchmarks/ray_serve.py              # writes benchmarks/results/ray_serve.json
+    .venv/bin/python benchmarks/ray_serve.py --only cold  # scale from zero alone, into the same file
 
 Both serve EfficientNet-Lite0 with V2 binary tensors (the photographs `_load.write_payloads` prepares), one after
 the other on the same two cores, so neither competes with the other: `inferd serve` with its defaults (one
@@ -11,11 +12,13 @@ p50 and p99; the added latency of Serve is the difference of the p50s at concurr
 Scale from zero: the model's deployment at zero replicas, one request; the time to its answer covers Serve's
 autoscaler noticing the request, the replica's start and its model's load from the warm compiled-model cache
 (filled by the runs before), and the inference. Serve's own count of the replica's start (from its creation
-to ready) is read from Ray's metrics exporter.
+to ready) is read from Ray's metrics exporter, and each trial is broken down into phases from Ray's logs, beside
+inferd's own share timed in a fresh process (`ray_timeline`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -28,6 +31,8 @@ from typing import Any
 import harness as H
 import loadgen as G
 import payloads as P
+import ray_hops as K
+import ray_timeline as T
 
 from inferd.deploy.ray.settings import LOOPBACK_SWITCH, RaySettings
 from inferd.runtime.devices import cpu_features
@@ -36,10 +41,15 @@ from inferd.serve.settings import ServerSettings
 APP = "inferd"
 DURATION_S = 10.0
 COLD_TRIALS = 3
+HOP_REQUESTS = 200
 
 
 def main() -> None:
-    args, quiet = H.start_benchmark(H.benchmark_parser(__doc__, "ray_serve.json"))
+    parser = H.benchmark_parser(__doc__, "ray_serve.json")
+    parser.add_argument("--only", choices=("all", "cold", "hops"), default="all",
+                        help="one part alone (cold: scale from zero; hops: Serve's latency taken apart), replacing "
+                             "that part of an existing --out file")
+    args, quiet = H.start_benchmark(parser)
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="ray-serve-bench-"))
     repository = work / "models"
@@ -49,9 +59,23 @@ def main() -> None:
     infer = f"/v2/models/{H.MODEL}/infer"
     result: dict[str, Any] = {"machine": {**H.machine_info(), "cpu_features": list(cpu_features())}, "quiet": quiet,
                               "duration_s": DURATION_S, "client": args.client}
-    with H.Server(repository, work, access_log=False) as server:
-        result["inferd_serve"] = {f"c{c}": H.run_load(H.closed_spec(server.url + infer, payloads, c, DURATION_S,
-                                                                    client=args.client), work, server) for c in (1, 8)}
+    earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.only != "all" and earlier:
+        result = {**earlier, f"machine_{args.only}": result["machine"], f"quiet_{args.only}": quiet}
+    elif "notes" in earlier:
+        result["notes"] = earlier["notes"]  # what was found by hand, kept across runs
+    else:
+        with H.Server(repository, work, access_log=False) as server:
+            result["inferd_serve"] = {f"c{c}": H.run_load(H.closed_spec(server.url + infer, payloads, c, DURATION_S,
+                                                                        client=args.client), work, server)
+                                      for c in (1, 8)}
+    quiet_server = ServerSettings(access_log=False)
+    body, headers = Path(payloads[0]["path"]).read_bytes(), _headers(payloads[0])
+    if args.only in ("all", "hops"):
+        replica = quiet_server.model_copy(update={"repository": repository, "models": quiet_server.models.model_copy(
+            update={"threads": RaySettings(cpus_per_replica=2).threads})})
+        hops = {"replica_in_process": K.replica_in_process(replica.model_dump(mode="json"), H.MODEL, infer, headers,
+                                                            body, HOP_REQUESTS)}
     os.environ[LOOPBACK_SWITCH] = "0"  # before Ray is imported: the node stays on 127.0.0.1
     import ray
     from ray import serve
@@ -61,26 +85,41 @@ def main() -> None:
     metrics_port = H.free_port()
     ray.init(_node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
              _metrics_export_port=metrics_port, _system_config={"metrics_report_interval_ms": 500},
-             logging_level=logging.WARNING, log_to_driver=False)
+             logging_level=logging.WARNING, log_to_driver=False, _temp_dir=str(work / "ray"))
     try:
         port = H.free_port()
         start_proxies(RaySettings(http_port=port, proxy_location="HeadOnly"))
         url = f"http://{H.HOST}:{port}"
-        quiet_server = ServerSettings(access_log=False)
-        serve.run(build_app(repository, quiet_server, RaySettings(cpus_per_replica=2)), name=APP, route_prefix="/")
-        result["ray_serve"] = {f"c{c}": H.run_load(H.closed_spec(url + infer, payloads, c, DURATION_S,
-                                                                 client=args.client), work) for c in (1, 8)}
+        if args.only in ("all", "hops"):
+            serve.run(build_app(repository, quiet_server, RaySettings(cpus_per_replica=2)), name=APP, route_prefix="/")
+            if args.only == "all":
+                result["ray_serve"] = {f"c{c}": H.run_load(H.closed_spec(url + infer, payloads, c, DURATION_S,
+                                                                         client=args.client), work) for c in (1, 8)}
+            result["hops_p50_ms"] = {**hops, **K.over_ray(APP, H.MODEL, url, infer, headers, body, HOP_REQUESTS)}
+        if args.only == "hops":
+            return _finish(args.out, result, started, work)
         layout = RaySettings(min_replicas=0, max_replicas=1, cpus_per_replica=2, upscale_delay_s=0, downscale_delay_s=1)
         serve.run(build_app(repository, quiet_server, layout), name=APP, route_prefix="/")
-        result["scale_from_zero"] = _scale_from_zero(url + infer, payloads[0], metrics_port)
+        logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs"
+        result["scale_from_zero"] = _scale_from_zero(url + infer, body, headers, metrics_port, logs)
+        result["scale_from_zero"]["inferd_in_a_fresh_process"] = T.inferd_phases(
+            repository / H.MODEL, layout.threads, quiet_server.models.max_batch_size)
     finally:
         serve.shutdown()
         ray.shutdown()
+    _finish(args.out, result, started, work)
+
+
+def _finish(out: Path, result: dict[str, Any], started: float, work: Path) -> None:
     result["summary"] = _summary(result)
     result["total_wall_s"] = round(time.time() - started, 1)
-    H.write_json(args.out, result)
+    H.write_json(out, result)
     shutil.rmtree(work, ignore_errors=True)
     print(result["summary"])
+
+
+def _headers(payload: dict[str, Any]) -> dict[str, str]:
+    return {G.INFERENCE_HEADER: str(payload["header_length"]), "Content-Type": "application/octet-stream"}
 
 
 def _replicas() -> int:
@@ -90,8 +129,7 @@ def _replicas() -> int:
     return int(serve.status().applications[APP].deployments[H.MODEL].replica_states.get(ReplicaState.RUNNING, 0))
 
 
-def _scale_from_zero(url: str, payload: dict[str, Any], metrics_port: int) -> dict[str, Any]:
-    body = Path(payload["path"]).read_bytes()
+def _scale_from_zero(url: str, body: bytes, headers: dict[str, str], metrics_port: int, logs: Path) -> dict[str, Any]:
     trials = []
     for _ in range(COLD_TRIALS):
         deadline = time.monotonic() + 120
@@ -100,14 +138,16 @@ def _scale_from_zero(url: str, payload: dict[str, Any], metrics_port: int) -> di
                 raise RuntimeError("the deployment did not scale to zero within 120 s")
             time.sleep(0.2)
         time.sleep(1)
-        request = urllib.request.Request(url, data=body, method="POST", headers={
-            G.INFERENCE_HEADER: str(payload["header_length"]), "Content-Type": "application/octet-stream"})
-        sent = time.perf_counter()
+        request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+        sent, sent_at = time.perf_counter(), time.time()
         with urllib.request.urlopen(request, timeout=120) as answer:
             status = answer.status
             answer.read()
-        trials.append({"status": status, "first_answer_s": round(time.perf_counter() - sent, 3)})
-    time.sleep(2)  # Ray's exporter publishes every 0.5 s
+        trials.append({"status": status, "first_answer_s": round(time.perf_counter() - sent, 3), "sent_at": sent_at,
+                       "answered_at": time.time()})
+    time.sleep(2)  # Ray's exporter publishes every 0.5 s, and its logs are flushed
+    for trial in trials:
+        trial["timeline"] = T.replica_start(logs, H.MODEL, trial.pop("sent_at"), trial.pop("answered_at"))
     text = urllib.request.urlopen(f"http://{H.HOST}:{metrics_port}/metrics", timeout=10).read().decode()
     startup = _histogram(text, "ray_serve_replica_startup_latency_ms")
     initialization = _histogram(text, "ray_serve_replica_initialization_latency_ms")
@@ -131,8 +171,8 @@ def _histogram(text: str, name: str) -> float | None:
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for c in ("c1", "c8"):
+    summary: dict[str, Any] = dict(result.get("summary", {}))
+    for c in ("c1", "c8") if "ray_serve" in result else ():
         ours, theirs = result["ray_serve"][c], result["inferd_serve"][c]
         summary[c] = {
             "inferd_serve": {"rps": theirs["throughput_rps"], "p50_ms": theirs["latency_ms"]["p50"],
@@ -141,8 +181,15 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
                           "p99_ms": ours["latency_ms"]["p99"]},
             "throughput_ratio": round(ours["throughput_rps"] / theirs["throughput_rps"], 3),
         }
-    summary["added_latency_c1_p50_ms"] = round(summary["c1"]["ray_serve"]["p50_ms"] - summary["c1"]["inferd_serve"]["p50_ms"],
-                                               3)
+    if "c1" in summary:
+        summary["added_latency_c1_p50_ms"] = round(summary["c1"]["ray_serve"]["p50_ms"]
+                                                   - summary["c1"]["inferd_serve"]["p50_ms"], 3)
+    if "hops_p50_ms" in result:
+        hops = result["hops_p50_ms"]
+        summary["hops_p50_ms"] = {  # differences of calls on the same replica, one after the other
+            "proxy_and_router": round(hops["through_proxy_and_router"] - hops["handle_grpc"], 2),
+            "grpc_saves_per_hop": round(hops["handle_by_reference"] - hops["handle_grpc"], 2),
+            "grpc_saves_per_hop_bodiless": round(hops["handle_by_reference_bodiless"] - hops["handle_grpc_bodiless"], 2)}
     cold = result["scale_from_zero"]
     summary["scale_from_zero_first_answer_s"] = [t["first_answer_s"] for t in cold["trials"]]
     summary["replica_startup_mean_ms"] = cold["replica_startup_mean_ms"]

@@ -5,6 +5,10 @@ as it came, to that model's deployment, whose replicas answer it with inferd's o
 server (`/models`, `/health`, the repository index, statistics) go to every deployment and their answers are
 merged. A refusal by Serve (a deployment's queue full, no replica alive) becomes the JSON error with
 Retry-After that `inferd serve` writes, so clients see one behaviour.
+
+A request goes to its replica straight over Serve's inter-deployment gRPC channel rather than as a Ray actor
+call, which passes an argument past 100 KiB (an image, a tensor) through the object store; bodies the replicas'
+gRPC server would refuse (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH, 4 MiB by default) still go by reference.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import json
 import re
 from dataclasses import dataclass
 
+from grpc.aio import AioRpcError
 from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve._private.constants import RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
@@ -38,7 +44,8 @@ _FAN_OUT: dict[tuple[str, str], str | None] = {
     ("POST", "/v2/repository/index"): "", ("GET", "/v2/models/stats"): "model_stats",
 }
 _STATE_RANK = {"READY": 0, "LOADING": 1, "UNLOADING": 2}
-_REFUSALS = (BackPressureError, DeploymentUnavailableError, RayActorError, ActorUnavailableError)
+_REFUSALS = (BackPressureError, DeploymentUnavailableError, RayActorError, ActorUnavailableError, AioRpcError)
+_GRPC_ROOM = 64 * 1024  # the pickled Forwarded around its body: method, path, headers
 REFUSED_CONTROL = ("on Ray Serve the models are part of the application: change the repository and redeploy "
                    "(`serve deploy`, or `inferd serve --ray` again) instead of loading or unloading one replica's")
 
@@ -61,6 +68,7 @@ class Ingress:
         bind_to_node_address()
         self.catalog = catalog
         self.handles = handles
+        self.direct = {model: handle.options(_by_reference=False) for model, handle in handles.items()}
         self.deployments = list({handle.deployment_name: handle for handle in handles.values()}.values())
 
     def __serve_build_asgi_app__(self) -> Starlette:
@@ -91,16 +99,17 @@ class Ingress:
                 return _not_found(model, self.catalog.models)
             model = None  # not a name at all: any replica's app answers it exactly as `inferd serve` does
         try:
-            answer: Answer = await self._handle(model).forward.remote(forwarded)
+            answer: Answer = await self._handle(model, len(body)).forward.remote(forwarded)
         except _REFUSALS as exc:
             return _refusal(exc)
         return _relay(answer)
 
-    def _handle(self, model: str | None) -> DeploymentHandle:
+    def _handle(self, model: str | None, size: int = 0) -> DeploymentHandle:
         """A model's deployment; for a model not in the repository, any one, whose app then says what is there."""
-        if model is None or model not in self.handles:
+        handles = self.direct if size <= RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH - _GRPC_ROOM else self.handles
+        if model is None or model not in handles:
             return self.deployments[0]
-        handle = self.handles[model]
+        handle = handles[model]
         return handle.options(multiplexed_model_id=model) if self.catalog.multiplexed else handle
 
     async def _fan_out(self, forwarded: Forwarded, key: str | None) -> Response:
