@@ -59,4 +59,4 @@ def bench(
         from inferd.bench.plot_engine import write_plot
 
         page = write_plot(report, plot)
-        console.print(f"wrote {plot} and {page}")
+        console.print(f"wrote {plot} and {page}", soft_wrap=True)

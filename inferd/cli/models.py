@@ -231,7 +231,7 @@ def optimize(
         if plot:
             from inferd.bench.plot_compression import write_plot
 
-            console.print(f"wrote {plot} and {write_plot(result_report, plot)}")
+            console.print(f"wrote {plot} and {write_plot(result_report, plot)}", soft_wrap=True)
     if refused:
         raise InferdError(f"nothing written to {output}: the compressed model is below the floor; choose a milder "
                           "compression (--max-drop keeps the layers it hurts most), or pass --force-unusable to "
