@@ -123,7 +123,9 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
         t0 = clock()
         window_start = t0 + warmup
         window_end = window_start + duration
-        Path(spec["started_file"]).write_text(repr(time.time()))
+        started_file = Path(spec["started_file"])
+        started_file.with_suffix(".tmp").write_text(repr(time.time()))
+        started_file.with_suffix(".tmp").replace(started_file)  # whole or absent: the harness polls for it
 
         if mode == "closed":
             await closed_loop(one, int(spec["concurrency"]), lambda: clock() >= window_end,

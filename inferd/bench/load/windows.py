@@ -69,11 +69,19 @@ def within(values: list[float | None], bound: float) -> bool:
     return all(abs(v - mean) <= bound * mean for v in numbers)
 
 
-def _window(records: list[Record], start: float, end: float, cpu_s: float) -> Window:
-    done = [r for r in records if start <= r.start_s + r.latency_s < end]
+def _window(records: list[Record], first: int, end: float, cpu_s: float, window_s: float) -> tuple[Window, int]:
+    """The window ending at `end` from the records after index `first`, and the index where the next one starts.
+
+    Records are appended as their answers arrive, so a window is a run of the list: reading only that run keeps
+    the generator's own work per window proportional to the window, not to the level so far.
+    """
+    last = first
+    while last < len(records) and records[last].start_s + records[last].latency_s < end:
+        last += 1
+    done = records[first:last]
     ok = [r.latency_s for r in done if r.ok]
     p50 = latency_summary(ok)["p50"]
-    return Window(len(ok) / (end - start), None if p50 is None else float(p50), len(done), cpu_s)
+    return Window(len(ok) / window_s, None if p50 is None else float(p50), len(done), cpu_s), last
 
 
 async def measure_level(one: Callable[[int, float], Awaitable[Record]], concurrency: int,
@@ -95,6 +103,7 @@ async def measure_level(one: Callable[[int, float], Awaitable[Record]], concurre
     windows: list[Window] = []
     cpu_marks = [cpu_seconds()]
     stable = False
+    first = 0
     try:
         while len(windows) < plan.max_windows:
             end = (len(windows) + 1) * plan.window_s
@@ -102,7 +111,8 @@ async def measure_level(one: Callable[[int, float], Awaitable[Record]], concurre
             if loop_task.done():
                 loop_task.result()  # a worker that died takes the level with it, with its error
             cpu_marks.append(cpu_seconds())
-            windows.append(_window(records, end - plan.window_s, end, cpu_marks[-1] - cpu_marks[-2]))
+            window, first = _window(records, first, end, cpu_marks[-1] - cpu_marks[-2], plan.window_s)
+            windows.append(window)
             last = windows[-STABLE_WINDOWS:]
             if len(last) == STABLE_WINDOWS and within([w.throughput_rps for w in last], plan.stability) \
                     and within([w.p50_ms for w in last], plan.stability):
