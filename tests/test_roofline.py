@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +130,25 @@ def test_peaks_are_measured_once_then_read_from_the_cache() -> None:
     assert [data["features"] for data in written] == [list(first.features)]
     second = machine_peaks(seconds=0.02)
     assert second.cached and second.peaks == first.peaks
+
+
+def test_an_avx2_only_machine_reports_what_it_has(tmp_path: Path) -> None:
+    """oneDNN's ISA cap makes this CPU an AVX2-only one: fp32 and int8 are measured on AVX2 kernels, bf16 and
+    fp16 are absent with OpenVINO's reason, and the cap keys a cache entry of its own."""
+    script = ("import json, sys; from pathlib import Path; from inferd.bench.peak import machine_peaks; "
+              "print(json.dumps(machine_peaks(root=Path(sys.argv[1]), seconds=0.02).as_dict()))")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert result.returncode == 0, result.stderr
+    peaks = json.loads(result.stdout)["peaks"]
+    assert peaks["fp32"]["all_threads_gops"] > 0 and peaks["int8"]["all_threads_gops"] > 0
+    assert "avx2" in peaks["int8"]["kernel"].lower()
+    assert not any(word in (p["kernel"] or "") for p in peaks.values() for word in ("avx512", "amx"))
+    for precision in ("bf16", "fp16"):
+        assert peaks[precision]["all_threads_gops"] is None and f"no {precision} kernel" in peaks[precision]["absent"]
+    (capped,) = (tmp_path / "peaks").glob("*.json")
+    machine_peaks(seconds=0.02)  # uncapped, in the tests' cache (read back when the test above wrote it)
+    assert capped.name not in {path.name for path in (cache_root() / "peaks").glob("*.json")}
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,12 @@ may use, keeping the fastest of repeated runs: on a shared machine, noise only
 ever slows a run down. int8 is a FakeQuantize pair on data and weights, the
 pattern OpenVINO turns into integer kernels (VNNI or AMX-INT8 where they exist).
 A precision the CPU has no kernel for (bf16 without AVX512-BF16/AMX, fp16
-without AVX512-FP16) is reported absent, with the precision OpenVINO ran it in
-instead, rather than timed as if it were native.
+without AVX512-FP16) is reported absent, with what OpenVINO did instead (ran it
+in another precision, or found no kernel), rather than timed as if native.
 
 The result is cached in inferd's cache directory, keyed by CPU model, CPU flags,
-thread count and OpenVINO version, so `inferd bench` measures it once per
+thread count, OpenVINO version and oneDNN's ISA cap (`ONEDNN_MAX_CPU_ISA`, which
+makes the same CPU a smaller one), so `inferd bench` measures it once per
 machine; `refresh=True` measures again (on a machine that was busy the first time).
 """
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -149,6 +151,12 @@ def _kernel(compiled: Any) -> tuple[str, str]:
     return "unknown", "unknown"
 
 
+def _first_sentence(exc: Exception) -> str:
+    """OpenVINO's reason, without the source locations it stacks in front of it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("Exception from")]
+    return lines[0].split(". ")[0] if lines else type(exc).__name__
+
+
 def _measure(precision: str, threads: int, seconds: float) -> Peak:
     import openvino as ov
 
@@ -164,7 +172,7 @@ def _measure(precision: str, threads: int, seconds: float) -> Peak:
             try:
                 compiled = core.compile_model(model, "CPU", config)
             except RuntimeError as exc:
-                elsewise = f"OpenVINO cannot compile {precision} here: {str(exc).strip().splitlines()[0]}"
+                elsewise = f"OpenVINO has no {precision} kernel here: {_first_sentence(exc)}"
                 continue
             primitive, runtime = _kernel(compiled)
             if runtime not in _NATIVE[precision]:
@@ -193,7 +201,8 @@ def machine_peaks(*, refresh: bool = False, seconds: float = 0.3, root: Path | N
         return MachinePeaks(cpu_name(), cpu_features(), cpu_count(), "none", {
             p: Peak(p, absent="OpenVINO is not installed: pip install openvino to measure peaks") for p in PRECISIONS})
     threads = cpu_count()
-    key = [cpu_name(), list(cpu_features()), threads, str(openvino.__version__), _SCHEMA]
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    key = [cpu_name(), list(cpu_features()), threads, str(openvino.__version__), isa_cap, _SCHEMA]
     path = _cache_file(cache_root(root), key)
     if not refresh and (data := read_json(path)) is not None:
         try:
