@@ -90,7 +90,8 @@ async def _sweep(target: Target, workload: Workload, concurrencies: list[int], p
 
         try:
             for concurrency in concurrencies:
-                levels.append(on_done(await measure_level(one, concurrency, plan), samples, on_level))
+                measured = await measure_level(one, concurrency, plan)
+                levels.append(on_done(measured, grpc.refusals, on_level))
         finally:
             await grpc.close()
         return levels

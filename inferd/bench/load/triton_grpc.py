@@ -21,6 +21,7 @@ class GrpcInputs:
         self.model = model
         self.outputs = outputs
         self.headers = headers
+        self.refusals: dict[str, str] = {}  # the first message of each gRPC status that refused a request
         self.inputs = []
         for tensors in requests:
             items = []
@@ -38,6 +39,7 @@ class GrpcInputs:
             result: Any = await self.client.infer(self.model, self.inputs[index % len(self.inputs)],
                                                   headers=self.headers)
         except InferenceServerException as exc:
+            self.refusals.setdefault(str(exc.status()), str(exc.message()))
             return 0, str(exc.status())
         missing = [name for name in self.outputs if result.as_numpy(name) is None]
         return 200, "unexpected_body" if missing else None
