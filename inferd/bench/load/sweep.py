@@ -81,7 +81,7 @@ async def _sweep(target: Target, workload: Workload, concurrencies: list[int], p
     if target.protocol == "grpc":
         from inferd.bench.load.triton_grpc import GrpcInputs
 
-        grpc = GrpcInputs(target.address, target.model, workload.tensors, target.outputs, target.headers)
+        grpc = GrpcInputs(target.address, target.model, workload.tensors, target.outputs, target.headers, timeout_s)
 
         async def one(index: int, t0: float) -> Record:
             started = clock()
@@ -90,8 +90,7 @@ async def _sweep(target: Target, workload: Workload, concurrencies: list[int], p
 
         try:
             for concurrency in concurrencies:
-                measured = await measure_level(one, concurrency, plan)
-                levels.append(on_done(measured, grpc.refusals, on_level))
+                levels.append(_finished(await measure_level(one, concurrency, plan), grpc.refusals, on_level))
         finally:
             await grpc.close()
         return levels
@@ -110,13 +109,12 @@ async def _sweep(target: Target, workload: Workload, concurrencies: list[int], p
                           None, answer.error)
 
         for concurrency in concurrencies:
-            levels.append(on_done(await measure_level(one, concurrency, plan), samples, on_level))
+            levels.append(_finished(await measure_level(one, concurrency, plan), samples, on_level))
     return levels
 
 
-def on_done(measured: tuple[Level, list[Record]], samples: dict[str, str], on_level: Callable[[Level], None]) -> Level:
+def _finished(level: Level, samples: dict[str, str], on_level: Callable[[Level], None]) -> Level:
     """The level with one refused answer's start beside its error counts, handed to the caller as it finishes."""
-    level = measured[0]
     refused = [outcome for outcome in level.outcomes if outcome in samples]
     if refused:
         level.error_sample = f"{refused[0]}: {samples[refused[0]]}"

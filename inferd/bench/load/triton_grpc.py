@@ -14,13 +14,14 @@ class GrpcInputs:
     """Every request's InferInput objects built once, before the clock starts; `infer` only sends them."""
 
     def __init__(self, address: str, model: str, requests: list[Tensors], outputs: list[str],
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, timeout_s: float | None = None) -> None:
         import tritonclient.grpc.aio as grpc_client
 
         self.client = grpc_client.InferenceServerClient(address)
         self.model = model
         self.outputs = outputs
         self.headers = headers
+        self.timeout_s = timeout_s
         self.refusals: dict[str, str] = {}  # the first message of each gRPC status that refused a request
         self.inputs = []
         for tensors in requests:
@@ -37,7 +38,7 @@ class GrpcInputs:
 
         try:
             result: Any = await self.client.infer(self.model, self.inputs[index % len(self.inputs)],
-                                                  headers=self.headers)
+                                                  headers=self.headers, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             self.refusals.setdefault(str(exc.status()), str(exc.message()))
             return 0, str(exc.status())

@@ -85,7 +85,7 @@ def _window(records: list[Record], first: int, end: float, cpu_s: float, window_
 
 
 async def measure_level(one: Callable[[int, float], Awaitable[Record]], concurrency: int,
-                        plan: WindowPlan) -> tuple[Level, list[Record]]:
+                        plan: WindowPlan) -> Level:
     """Run `concurrency` closed-loop workers until the level is stable or out of windows.
 
     `one(index, t0)` sends request `index` and returns its record, timed from `t0`.
@@ -121,7 +121,7 @@ async def measure_level(one: Callable[[int, float], Awaitable[Record]], concurre
     finally:
         done = True
         await loop_task
-    return _level(records, windows, concurrency, stable, plan.window_s), records
+    return _level(records, windows, concurrency, stable, plan.window_s)
 
 
 def _level(records: list[Record], windows: list[Window], concurrency: int, stable: bool, window_s: float) -> Level:
