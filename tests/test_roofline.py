@@ -94,6 +94,19 @@ def test_int8_macs_are_the_qdq_pairs_and_computed_shapes_are_observed() -> None:
     assert count.macs == count.int8_macs + 8 * 6 * 5 and count.unknown == ()
 
 
+def test_a_graph_nothing_can_size_is_counted_as_a_lower_bound() -> None:
+    """A custom operator neither shape inference nor ONNX Runtime knows: what follows it is named, not guessed."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"]),  # 4*6*6 × 2*9
+             helper.make_node("Mystery", ["c"], ["m"], domain="com.example"),
+             helper.make_node("MatMul", ["m", "w2"], ["y"], name="after")]
+    graph = helper.make_graph(nodes, "custom", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [_weights("w1", 4, 2, 3, 3), _weights("w2", 6, 5)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    count = macs.count(model, {"x": np.zeros((1, 2, 8, 8), np.float32)})
+    assert count.macs == 4 * 6 * 6 * 18 and count.unknown == ("MatMul after",)
+
+
 def test_efficientnet_lite0_is_about_four_hundred_million_macs(default_package: Path) -> None:
     """0.385 GMACs: EfficientNet-B0's published 0.39 B multiply-adds less its squeeze-excitation blocks, which
     Lite0 drops (their pooled 1x1 convolutions are under 1 M MACs); convolutions are 99.7% of it."""
