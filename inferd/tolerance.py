@@ -128,10 +128,17 @@ def _general(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
     largest = float(np.max(np.abs(error), initial=0.0)) if np.all(np.isfinite(error)) else float("inf")
     noise = float(np.sum(error * error)) if np.all(np.isfinite(error)) else float("inf")
     signal = float(np.sum(ref * ref))
-    snr = None if noise == 0 else (float("-inf") if signal == 0 else 10 * float(np.log10(signal / noise)))
+    snr = None if noise == 0 else snr_db(signal, noise)
     norms = float(np.linalg.norm(ref) * np.linalg.norm(got)) if np.all(np.isfinite(got)) else 0.0
     cosine = 1.0 if noise == 0 else (float(np.sum(ref * got)) / norms if norms > 0 else 0.0)
     return {"relative_error": largest / scale if scale > 0 else largest, "snr_db": snr, "cosine": cosine}
+
+
+def snr_db(signal: float, noise: float) -> float:
+    """Signal-to-noise ratio in dB from sums of squares; infinite for identical outputs."""
+    if noise == 0:
+        return float("inf")
+    return float("-inf") if signal == 0 else 10 * float(np.log10(signal / noise))
 
 
 def _classes(output: str, ref: np.ndarray, got: np.ndarray, activation: str, general: dict[str, Any]) -> OutputAgreement:

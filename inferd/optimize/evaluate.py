@@ -26,9 +26,10 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 
 from inferd.optimize.errors import OptimizeError
 from inferd.optimize.evalset import EvalSet
-from inferd.optimize.metrics import THRESHOLD, OutputFidelity, Ranges, Tally, role
+from inferd.optimize.metrics import OutputFidelity, Ranges, Tally, role
 from inferd.optimize.progress import task
 from inferd.package import ModelPackage
+from inferd.tolerance import THRESHOLD
 
 _MAX_BATCH = 32
 _BATCH_BYTES = 8 << 20  # inputs per batch: 13 samples of 224x224, 1 of 736x736, whose activations are 10x larger

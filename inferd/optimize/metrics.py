@@ -16,7 +16,9 @@ it holds, as the uncompressed model's values show:
   its boxes): how many values cross the threshold, relative to how many fp32
   puts above it, and the mean of each sample's highest score.
 
-Tallies add batch by batch, so no more than one batch of outputs is held.
+Tallies add batch by batch, so no more than one batch of outputs is held. Where `inferd.tolerance` judges a few
+samples pass or fail (may a reduced precision stand?), these describe a whole evaluation set for a report; the
+threshold and the SNR are the same ones.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-THRESHOLD = 0.5
+from inferd.tolerance import THRESHOLD, snr_db
 
 Kind = Literal["classifier", "probabilities", "scores", "values", "skipped"]
 
@@ -185,13 +187,6 @@ class Tally:
             m["crossed_ratio"] = _ratio(s["crossed"], max(s["above"], 1.0))
             m["peak_reference"], m["peak"] = s["peak_reference"] / rows, s["peak"] / rows
         return output
-
-
-def snr_db(signal: float, noise: float) -> float:
-    """Signal-to-noise ratio in dB; infinite for identical outputs."""
-    if noise == 0:
-        return float("inf")
-    return float("-inf") if signal == 0 else 10 * float(np.log10(signal / noise))
 
 
 def _ratio(a: float, b: float) -> float:
