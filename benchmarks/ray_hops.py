@@ -3,7 +3,7 @@
 Through Serve, a V2 request goes client -> Serve's HTTP proxy -> inferd's router (a deployment) -> the model's
 replica, which runs it through inferd's app. Each piece is timed alone, on the same payload, as p50s:
 
-* `replica_in_process`: the replica's `forward` (inferd's app behind the ASGI shim), no Ray at all;
+* `replica_in_process`: the replica's `forward` (inferd's app called through its ASGI interface), no Ray at all;
 * `handle_*`: a DeploymentHandle call from the driver straight to the replica, by reference (a Ray actor call,
   whose argument past 100 KiB goes through the object store) and over Serve's gRPC channel (`_by_reference=False`),
   for the payload and for a bodiless health call;
