@@ -29,6 +29,9 @@ def deploy_bundle(
     max_memory: Annotated[str | None, typer.Option(help="memory budget for loaded models, e.g. 4G")] = None,
     backends: Annotated[int, typer.Option(help="inferd processes behind nginx")] = 3,
     rate: Annotated[int, typer.Option(help="requests/s per client address before nginx answers 429")] = 100,
+    fail_timeout: Annotated[int, typer.Option(
+        help="seconds nginx sends a backend nothing after a failed connect; wait this long after a restarted "
+             "backend is ready before restarting the next")] = 5,
 ) -> None:
     """Write service files, a container, nginx and Kubernetes/KServe manifests that serve the repository."""
     from pydantic import ValidationError
@@ -41,7 +44,7 @@ def deploy_bundle(
                                   models=ServingSettings(timeout_s=timeout, instances=instances))
     except ValidationError as exc:
         raise InferdError(validation_summary(exc, serve_option)) from None
-    balancer = bundle.balancer_for(settings, backends, rate_per_s=rate, burst=2 * rate)
+    balancer = bundle.balancer_for(settings, backends, rate_per_s=rate, burst=2 * rate, fail_timeout_s=fail_timeout)
     for path in bundle.write_bundle(repository, output, settings, balancer):
         console.print(f"wrote {path}")
 

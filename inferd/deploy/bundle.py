@@ -48,10 +48,17 @@ class BalancerSettings:
     listen_grpc_port: int = 8081
     rate_per_s: int = 100
     burst: int = 200
+    fail_timeout_s: int = 5
+    """After a failed connect nginx sends a backend nothing for this long (passive health checks: nginx's free
+    edition has no active ones). A rolling restart must wait this long after a backend is ready again before
+    stopping the next: nginx still counts it failed until then, and with every backend counted failed it answers
+    502 "no live upstreams" without trying any."""
 
     def __post_init__(self) -> None:
         if not self.backends:
             raise InvalidInput("the balancer needs at least one backend: pass --backends 1 or more")
+        if self.fail_timeout_s < 1:
+            raise InvalidInput(f"--fail-timeout must be at least 1 s, not {self.fail_timeout_s}")
         if self.rate_per_s < 1 or self.burst < 0:
             raise InvalidInput(f"--rate must be at least 1 request/s and --burst at least 0, "
                                f"not {self.rate_per_s} and {self.burst}")
@@ -92,6 +99,7 @@ def render_nginx(settings: ServerSettings, balancer: BalancerSettings) -> str:
     return _environment().get_template("nginx.conf.j2").render(
         backends=balancer.backends, grpc=grpc, listen_host=balancer.listen_host, listen_port=balancer.listen_port,
         listen_grpc_port=balancer.listen_grpc_port, rate_per_s=balancer.rate_per_s, burst=balancer.burst,
+        fail_timeout_s=balancer.fail_timeout_s,
         max_body_bytes=settings.max_body_bytes, read_timeout_s=_read_timeout(settings),
         # Below the server's keep-alive, so nginx never reuses a connection the server is closing.
         upstream_keepalive_s=max(1, int(settings.keep_alive_timeout_s) - 1))
