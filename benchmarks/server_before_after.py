@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -58,21 +59,6 @@ def worktree(ref: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def environment(**values: str) -> Iterator[None]:
-    """`values` in os.environ while a server process starts (it inherits them), then as they were."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
 def both_servers(source: Path, repository: Path, work: Path, **flags: Any) -> Iterator[dict[str, H.Server]]:
     """The earlier commit's server (its source first on PYTHONPATH, its own cache) and this tree's, on one layout,
     each with a gRPC port."""
@@ -82,7 +68,7 @@ def both_servers(source: Path, repository: Path, work: Path, **flags: Any) -> It
                            text=True, check=True, env={**os.environ, **old_env}, cwd=work)
     assert check.stdout.strip().startswith(str(source)), f"the earlier commit's inferd is not first: {check.stdout}"
     with contextlib.ExitStack() as stack:
-        with environment(**old_env):
+        with mock.patch.dict(os.environ, old_env):  # the server process inherits them
             stack.enter_context(before)
         stack.enter_context(after)
         yield {"before": before, "after": after}

@@ -20,6 +20,7 @@ from inferd.optimize import (
 )
 from inferd.optimize.int8 import METHODS, Method
 from inferd.package import ModelPackage
+from tests.digits import digits_package
 
 TRAIN = 1400
 
@@ -27,33 +28,7 @@ TRAIN = 1400
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelPackage, EvalSet, Path]:
     """(saved fp32 package, labelled test split, calibration .npz of training images)."""
-    import torch
-    from sklearn.datasets import load_digits
-
-    from inferd.convert import convert_pytorch
-    from inferd.types import TensorType
-
-    data = load_digits()
-    images = (data.images / 16).astype(np.float32)[:, np.newaxis]
-    labels = data.target.astype(np.int64)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10),
-    )
-    x, y = torch.from_numpy(images[:TRAIN]), torch.from_numpy(labels[:TRAIN])
-    optimizer = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(15):
-        for batch in torch.randperm(TRAIN).split(64):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[batch]), y[batch]).backward()
-            optimizer.step()
-    package = convert_pytorch(
-        net.eval(), inputs=[TensorType(name="digits", shape=(1, 1, 8, 8))], outputs=["logits"],
-        classifier_labels=[str(i) for i in range(10)], sample_inputs=[{"digits": images[i]} for i in range(8)],
-        metadata={"name": "digits"},
-    )
+    package, images, labels = digits_package(TRAIN, epochs=15)
     root = tmp_path_factory.mktemp("digits")
     calibration = root / "calibration.npz"
     np.savez(calibration, digits=images[:200])

@@ -19,6 +19,7 @@ from inferd.bench.peak import PRECISIONS, MachinePeaks, Peak, machine_peaks
 from inferd.bench.roofline import roofline
 from inferd.package import ModelPackage
 from inferd.runtime.cache import cache_root
+from tests.digits import digits_package
 from tests.test_cli import inferd
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -168,33 +169,10 @@ def test_an_avx2_only_machine_reports_what_it_has(tmp_path: Path) -> None:
 def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A small CNN trained for a moment on scikit-learn's digits, as a package, and an .npz of digits to evaluate on;
     and this machine's peaks in the tests' cache (measured briefly unless already there), which `inferd bench` reads."""
-    import torch
-    from sklearn.datasets import load_digits
-
-    from inferd.convert import convert_pytorch
-    from inferd.types import TensorType
-
     machine_peaks(seconds=0.02)
-    data = load_digits()
-    images = (data.images / 16).astype(np.float32)[:, np.newaxis]
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    x, y = torch.from_numpy(images[:1000]), torch.from_numpy(data.target[:1000].astype(np.int64))
-    optimizer = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(1):  # one epoch: about 90% right, and quick
-        for batch in torch.randperm(1000).split(64):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[batch]), y[batch]).backward()
-            optimizer.step()
-    package = convert_pytorch(
-        net.eval(), inputs=[TensorType(name="digits", shape=(1, 1, 8, 8))], outputs=["logits"],
-        classifier_labels=[str(i) for i in range(10)], sample_inputs=[{"digits": images[i]} for i in range(8)],
-        metadata={"name": "digits"})
+    package, images, labels = digits_package(1000, epochs=1)
     root = tmp_path_factory.mktemp("digits")
-    np.savez(root / "eval.npz", digits=images[1000:1100], labels=data.target[1000:1100])
+    np.savez(root / "eval.npz", digits=images[1000:1100], labels=labels[1000:1100])
     return package.save(root / "package").path or root / "package", root / "eval.npz"
 
 
