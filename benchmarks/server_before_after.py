@@ -14,7 +14,7 @@ machine falls on both sides alike:
       median minus that engine median (the earlier commit's engine ran the same precision when the result's
       "load_info" entries agree).
 
-    .venv/bin/python benchmarks/server_before_after.py --before a455415     # about 6 minutes
+    .venv/bin/python benchmarks/server_before_after.py --before a455415 --precision bf16   # about 5 minutes
 
 Writes benchmarks/results/server_before_after.json and prints a summary.
 """
@@ -74,9 +74,11 @@ def both_servers(source: Path, repository: Path, work: Path, **flags: Any) -> It
         yield {"before": before, "after": after}
 
 
-def load_info(server: H.Server) -> Any:
+def load_info(server: H.Server) -> dict[str, Any]:
+    """What the server says it compiled: its config's parameters and its start-up log's lines on the model."""
     status, _, body = H.http("GET", f"{server.url}/v2/models/{H.MODEL}/config")
-    return json.loads(body).get("parameters", {}) if status == 200 else None
+    return {"parameters": json.loads(body).get("parameters", {}) if status == 200 else None,
+            "log": [line for line in server.log_tail(200).splitlines() if H.MODEL in line]}
 
 
 def block(server: H.Server, payloads: list[dict[str, Any]], concurrency: int, work: Path, grpc: bool,
@@ -127,6 +129,10 @@ def compare(servers: dict[str, H.Server], payloads: dict[str, list[dict[str, Any
 def main() -> None:
     parser = H.benchmark_parser(__doc__, "server_before_after.json", client="raw")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="blocks per side and face (2 for a smoke test)")
+    parser.add_argument("--only", choices=("c8", "c1"), help="run one concurrency level (with more --rounds)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+                        help="serve both sides at this precision (each side's AUTO may choose differently: an earlier "
+                             "commit chose by speed alone), so that the two differ in their serving code only")
     parser.add_argument("--before", required=True, help="the earlier commit (any git ref) to serve from a worktree")
     args, quiet = H.start_benchmark(parser)
     repository = args.package.parent
@@ -137,22 +143,27 @@ def main() -> None:
                                  check=True).stdout.strip(),
         "after": subprocess.run(["git", "rev-parse", "HEAD"], cwd=H.ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip(),
-        "package": str(args.package), "rounds": args.rounds, "block_s": BLOCK_S, "warmup_s": WARMUP_S,
+        "package": str(args.package), "precision": args.precision or "each side's AUTO",
+        "rounds": args.rounds, "block_s": BLOCK_S, "warmup_s": WARMUP_S,
         "client": args.client}
+    layout = {"precision": args.precision} if args.precision else {}
     with tempfile.TemporaryDirectory(prefix="inferd-bench-") as tmp, worktree(args.before) as source:
         work = Path(tmp)
         payloads = {"http_binary": P.write_payloads("binary", work / "payloads", args.package),
                     "grpc": P.write_payloads("tensor", work / "payloads", args.package)}
-        print("(a) concurrency 8, throughput layout, before and after interleaved ...", flush=True)
-        with both_servers(source, repository, work, instances=2, max_batch_size=2, max_queue_delay_ms=0) as servers:
-            result["load_info_c8"] = {side: load_info(server) for side, server in servers.items()}
-            result["c8"] = compare(servers, payloads, 8, work, None, args.rounds, args.client)
-        print("(b) concurrency 1, before, after and the engine alone interleaved ...", flush=True)
-        engine = Engine(args.package, list(P.photos_as_jpeg().values()))
-        with both_servers(source, repository, work, max_batch_size=8, max_queue_delay_ms=0) as servers:
-            result["load_info_c1"] = {side: load_info(server) for side, server in servers.items()}
-            result["c1"] = compare(servers, payloads, 1, work, engine, args.rounds, args.client)
-        engine.close()
+        if args.only != "c1":
+            print("(a) concurrency 8, throughput layout, before and after interleaved ...", flush=True)
+            with both_servers(source, repository, work, instances=2, max_batch_size=2, max_queue_delay_ms=0,
+                              **layout) as servers:
+                result["load_info_c8"] = {side: load_info(server) for side, server in servers.items()}
+                result["c8"] = compare(servers, payloads, 8, work, None, args.rounds, args.client)
+        if args.only != "c8":
+            print("(b) concurrency 1, before, after and the engine alone interleaved ...", flush=True)
+            engine = Engine(args.package, list(P.photos_as_jpeg().values()))
+            with both_servers(source, repository, work, max_batch_size=8, max_queue_delay_ms=0, **layout) as servers:
+                result["load_info_c1"] = {side: load_info(server) for side, server in servers.items()}
+                result["c1"] = compare(servers, payloads, 1, work, engine, args.rounds, args.client)
+            engine.close()
     result["total_wall_s"] = round(time.time() - started, 1)
     result["loadavg_at_end"] = list(os.getloadavg())
     H.write_json(args.out, result)
@@ -160,7 +171,7 @@ def main() -> None:
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores; "
           f"before {result['before'][:7]}, after {result['after'][:7]}")
     for level in ("c8", "c1"):
-        for face in payloads:
+        for face in payloads if level in result else ():
             row = result[level][face]
             line = (f"{level} {face:12s}: before {row['before']['rps']:.1f} req/s p50 {row['before']['latency_ms']['p50']:.2f} ms"
                     f" | after {row['after']['rps']:.1f} req/s p50 {row['after']['latency_ms']['p50']:.2f} ms"
