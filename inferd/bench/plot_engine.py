@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from inferd.bench.engine import ConfigResult, EngineReport
 from inferd.bench.plotting import figure, write
@@ -43,6 +43,8 @@ def _latencies(ax: Axes, report: EngineReport, configs: list[ConfigResult]) -> N
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
     if max(max(d) for d in data) > 10 * min(min(d) for d in data):
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())  # 20, not 2 x 10^1
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_ylabel("latency per call, ms (every timed call)")
     ax.set_title(f"latency, batch {report.batch}: inferd predict per backend x precision")
     ax.grid(axis="y", alpha=0.3)
