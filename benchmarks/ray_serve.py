@@ -64,7 +64,7 @@ def main() -> None:
         result = {**earlier, f"machine_{args.only}": result["machine"], f"quiet_{args.only}": quiet}
     elif "notes" in earlier:
         result["notes"] = earlier["notes"]  # what was found by hand, kept across runs
-    else:
+    if args.only == "all":
         with H.Server(repository, work, access_log=False) as server:
             result["inferd_serve"] = {f"c{c}": H.run_load(H.closed_spec(server.url + infer, payloads, c, DURATION_S,
                                                                         client=args.client), work, server)
