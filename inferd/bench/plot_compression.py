@@ -60,6 +60,7 @@ def _tradeoff(ax: Axes, rows: list[dict[str, Any]], backend: str | None) -> None
     ax.set_xlabel("size on disk, MB")
     ax.set_ylabel(_FIDELITY[key][0] + ("" if _FIDELITY[key][1] else " (lower is better)") if key else "fidelity")
     ax.set_xlim(left=0, right=max(xs) * 1.3)
+    ax.margins(y=0.2)  # room for the labels above the highest and below the lowest marker
     timed = f"; marker area: latency on {backend}" if backend else ""
     ax.set_title(f"size vs fidelity ({rows[0]['outputs'][0]['name']}){timed}", fontsize=10)
     ax.grid(alpha=0.3)
