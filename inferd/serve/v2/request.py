@@ -8,12 +8,14 @@ Each face reads its own envelope (an HTTP JSON object, a gRPC message) and hands
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from inferd.errors import InvalidInput
 from inferd.serve.v2.json_values import describe
 from inferd.serve.v2.tensors import shared_memory_ref
 from inferd.serve.v2.types import InferInput, InferRequest, RequestedOutput, SharedMemory
+
+Named = TypeVar("Named", InferInput, RequestedOutput)
 
 
 def request_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -27,15 +29,7 @@ def request_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def unique_inputs(inputs: Iterable[InferInput]) -> list[InferInput]:
-    """Taken one by one, so that a duplicate is reported before the inputs after it are decoded."""
-    checked: list[InferInput] = []
-    names: set[str] = set()
-    for decoded in inputs:
-        if decoded.name in names:
-            raise InvalidInput(f"input '{decoded.name}' appears more than once; give each input a unique name")
-        names.add(decoded.name)
-        checked.append(decoded)
-    return checked
+    return _unique(inputs, "input '{}' appears more than once; give each input a unique name")
 
 
 def requested_output(name: str, parameters: dict[str, Any], shared_memory: SharedMemory | None) -> RequestedOutput:
@@ -54,14 +48,7 @@ def requested_output(name: str, parameters: dict[str, Any], shared_memory: Share
 
 def unique_outputs(outputs: Iterable[RequestedOutput]) -> list[RequestedOutput] | None:
     """None for no outputs named: the client wants them all."""
-    checked: list[RequestedOutput] = []
-    names: set[str] = set()
-    for output in outputs:
-        if output.name in names:
-            raise InvalidInput(f"output '{output.name}' is requested more than once; list each output once")
-        names.add(output.name)
-        checked.append(output)
-    return checked or None
+    return _unique(outputs, "output '{}' is requested more than once; list each output once") or None
 
 
 def binary_outputs_for(request: InferRequest, default_binary: bool) -> set[str] | bool:
@@ -75,3 +62,15 @@ def binary_outputs_for(request: InferRequest, default_binary: bool) -> set[str] 
         output.name for output in request.outputs
         if (fallback if output.binary_data is None else output.binary_data)
     }
+
+
+def _unique(items: Iterable[Named], duplicate: str) -> list[Named]:
+    """Taken one by one, so that a duplicate is reported before the items after it are decoded."""
+    checked: list[Named] = []
+    names: set[str] = set()
+    for item in items:
+        if item.name in names:
+            raise InvalidInput(duplicate.format(item.name))
+        names.add(item.name)
+        checked.append(item)
+    return checked
