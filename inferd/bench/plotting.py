@@ -4,11 +4,13 @@ Agg through `Figure` and `FigureCanvasAgg` directly, not pyplot: pyplot keeps
 global figures and picks a GUI backend from the environment, which a CLI on a
 server without a display (or a test) must never do. The HTML page shows the
 picture with the numbers it was drawn from, so the page alone is the report a
-user can send or archive.
+user can send or archive. The bench, compression and load-test reports all
+draw through here.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,11 +47,14 @@ def figure(width: float, height: float, columns: int = 1) -> tuple[Figure, list[
 
 
 def write(fig: Figure, png: Path, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
-          notes: Sequence[str] = ()) -> Path:
-    """Save `fig` as `png` and an HTML page (same name, .html) showing it above a table of `rows`."""
+          notes: Sequence[str] = (), page: Path | None = None) -> Path:
+    """Save `fig` as `png` and an HTML page (`page`, else the same name with .html) showing it above a table of
+    `rows`; the picture is embedded, so the page alone is the whole report wherever it is kept."""
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
-    page = png.with_suffix(".html")
+    page = page or png.with_suffix(".html")
+    page.parent.mkdir(parents=True, exist_ok=True)
+    image = base64.b64encode(png.read_bytes()).decode()
     cells = "\n".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     page.write_text(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -57,7 +62,7 @@ def write(fig: Figure, png: Path, title: str, headers: Sequence[str], rows: Sequ
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}} td:first-child{{text-align:left}}
 img{{max-width:100%}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<img src="{html.escape(png.name)}" alt="{html.escape(title)}">
+<img src="data:image/png;base64,{image}" alt="{html.escape(title)}">
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in headers)}</tr>
 {cells}
 </table>

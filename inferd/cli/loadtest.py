@@ -64,13 +64,10 @@ def loadtest(
         raise InvalidInput(f"--client takes {', '.join(CLIENTS)}, not {client!r}")
     if html and not plot:
         raise InvalidInput("--html embeds the plot: give --plot FILE.png too")
-    if plot and plot.suffix.lower() != ".png":
-        raise InvalidInput(f"--plot writes a PNG: name it FILE.png, not {plot.name}")
     if plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise InvalidInput("--plot needs matplotlib: pip install 'inferd[plots]'") from None
+        from inferd.bench.plotting import check_target
+
+        check_target(plot)
     target = grpc_target(url, model, api_key) if protocol == "grpc" else http_target(url, model, api_key)
     workload = build(target, input_file=input_file, images=images, text=text, fmt=fmt, route=route)
     plan = WindowPlan(window_s=window_ms / 1000, stability=stability / 100, max_windows=max_windows)
@@ -86,10 +83,8 @@ def loadtest(
             write(path)
             console.print(f"wrote {path}")
     if plot:
-        from inferd.bench.load.plot import write_html, write_plot
+        from inferd.bench.load.plot import write_plot
 
-        write_plot(report, plot)
-        write_html(report, plot, html or plot.with_suffix(".html"))
-        console.print(f"wrote {plot} and {html or plot.with_suffix('.html')}")
+        console.print(f"wrote {plot} and {write_plot(report, plot, html)}")
     if all(level.throughput_rps == 0 for level in report.levels):
         raise InferdError("no request succeeded; the answers above say why (fix the inputs or the model name)")
