@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -176,8 +176,11 @@ class ModelPackage:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> ModelPackage:
-        """Write the package atomically: a reader never sees a half-written directory."""
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False,
+             check: Callable[[ModelPackage], None] | None = None) -> ModelPackage:
+        """Write the package atomically: a reader never sees a half-written directory. `check`, when given, gets
+        the written package in its staging directory and refuses it by raising: then nothing is written at
+        `path`, and a package already there stays as it was."""
         target = Path(path)
         if target.exists() and not overwrite:
             raise PackageError(f"{target} already exists; pass overwrite=True (--force on the command line)")
@@ -207,6 +210,8 @@ class ModelPackage:
             }
             manifest = self.manifest.model_copy(update={"files": files, "inferd_version": __version__})
             (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+            if check is not None:
+                check(ModelPackage(manifest, model=self._model, path=staging, samples=samples))
             if target.exists():
                 shutil.rmtree(target)
             staging.rename(target)

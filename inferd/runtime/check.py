@@ -13,7 +13,6 @@ manifest's, and only then move the package into place.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,23 +74,14 @@ def check_loads(package: ModelPackage | str | os.PathLike[str]) -> list[BackendC
 def save_checked(package: ModelPackage, path: str | os.PathLike[str], *, overwrite: bool = False) -> ModelPackage:
     """`package.save(path)`, but only once `check_loads` passed on the saved files: a package that fails leaves
     nothing at `path` (and an existing one there untouched)."""
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise PackageError(f"{target} already exists; pass overwrite=True (--force on the command line)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    holder = Path(tempfile.mkdtemp(prefix=f".{target.name}.checking-", dir=target.parent))
-    try:
-        staged = package.save(holder / target.name)
+
+    def check(staged: ModelPackage) -> None:
         try:
             check_loads(staged)
         except PackageError as exc:
-            raise PackageError(f"{target} was not written: {exc.message}") from None
-        if target.exists():
-            shutil.rmtree(target)
-        (holder / target.name).rename(target)
-    finally:
-        shutil.rmtree(holder, ignore_errors=True)
-    return ModelPackage(staged.manifest, path=target)
+            raise PackageError(f"{Path(path)} was not written: {exc.message}") from None
+
+    return package.save(path, overwrite=overwrite, check=check)
 
 
 def _run_once(package: ModelPackage, backend: Backend, cache_dir: str) -> BackendCheck:
