@@ -49,6 +49,12 @@ def write_access_line(started_at: float, request_id: str, method: str, path: str
     }))
 
 
+def key_headers(api_key: str | None) -> dict[str, str]:
+    """What inferd's own clients (`inferd top`, `inferd loadtest`) send: the Bearer form `presents_key` reads, the
+    standard one a proxy in between also understands."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def presents_key(headers: Iterable[tuple[bytes, bytes]], key: bytes) -> bool:
     """Whether lower-case headers (HTTP) or metadata (gRPC) carry the key as a Bearer token or X-API-Key."""
     for name, value in headers:

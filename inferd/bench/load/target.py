@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferd.errors import InferdError, InvalidInput, ModelNotFound
+from inferd.serve.access import key_headers
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,6 @@ def _pick(model: str | None, names: list[str] | None, where: str) -> str:
     return model
 
 
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
 def _refused(status: int, where: str) -> None:
     if status in (401, 403):
         raise InferdError(f"{where} refused the API key ({status}): give the right one with --api-key or "
@@ -60,7 +57,7 @@ def http_target(url: str, model: str | None, api_key: str | None = None, timeout
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"cannot use the URL {url!r}: give the server's address, e.g. http://127.0.0.1:8000")
     base = f"{parts.scheme}://{parts.netloc}"
-    headers = auth_headers(api_key)
+    headers = key_headers(api_key)
     with httpx.Client(base_url=base, timeout=timeout_s, trust_env=False, headers=headers) as client:
         try:
             ready = client.get("/v2/health/ready")
@@ -92,7 +89,7 @@ def grpc_target(address: str, model: str | None, api_key: str | None = None) -> 
         raise InvalidInput(f"cannot use {address!r} as a gRPC address: give HOST:PORT, e.g. 127.0.0.1:8001 "
                            "(the port `inferd serve --grpc-port` opened)")
     client = grpc_client.InferenceServerClient(address)
-    headers = {k.lower(): v for k, v in auth_headers(api_key).items()}  # gRPC metadata keys are lower case
+    headers = {k.lower(): v for k, v in key_headers(api_key).items()}  # gRPC metadata keys are lower case
     try:
         try:
             ready = client.is_server_ready(headers=headers)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import httpx
 
+from inferd.serve.access import key_headers
 from inferd.serve.monitor.sample import ServerSample, compare, down
 from inferd.serve.monitor.scrape import Scrape, ScrapeFailed, metrics_url, scrape
 
@@ -18,9 +19,7 @@ class Monitor:
     def __init__(self, servers: Sequence[str], api_key: str | None = None, timeout_s: float = 2.0) -> None:
         self.servers = list(servers)
         self._urls = {server: metrics_url(server) for server in self.servers}  # a bad URL fails here, before any wait
-        # The server reads either header; Bearer is the standard one a proxy in between also understands.
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(headers=headers, timeout=timeout_s)
+        self._client = httpx.AsyncClient(headers=key_headers(api_key), timeout=timeout_s)
         self._last: dict[str, Scrape] = {}
 
     async def poll(self) -> list[ServerSample]:
