@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -15,8 +17,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-# Tests compile into a private cache so they measure cold and warm loads honestly.
-os.environ.setdefault("INFERD_CACHE_DIR", tempfile.mkdtemp(prefix="inferd-test-cache-"))
+# Tests compile into a private cache so they measure cold and warm loads honestly. It grows to most of a
+# gigabyte, so it goes when the run ends: CI machines have little disk to spare.
+if "INFERD_CACHE_DIR" not in os.environ:
+    os.environ["INFERD_CACHE_DIR"] = tempfile.mkdtemp(prefix="inferd-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["INFERD_CACHE_DIR"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT_LABELS = {"tabby, tabby cat", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat, Siamese"}

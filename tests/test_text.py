@@ -18,9 +18,10 @@ import inferd
 from inferd.errors import InvalidInput, PackageError, PayloadTooLarge
 from inferd.io import MAX_TEXT_CHARS, TextTokenizer, embed, load_tokenizer, text_input, texts_from, tokenize
 from inferd.manifest import Manifest, Source
-from inferd.package import MANIFEST_FILE, ModelPackage
+from inferd.package import MANIFEST_FILE, SAMPLES_FILE, ModelPackage
 from inferd.runtime.selection import DYNAMIC_EXTENT, example_feeds
 from inferd.types import TensorType, TextType
+from inferd.zoo import is_prepared
 from tests.conftest import ROOT
 
 BACKENDS = ("onnxruntime", "openvino")
@@ -205,3 +206,16 @@ def test_readme_text_tour_runs(text_package: Path) -> None:
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert "(3, 384)" in result.stdout
+
+
+def test_a_text_package_prepared_before_it_kept_samples_is_prepared_again(text_package: Path, tmp_path: Path) -> None:
+    """`make run` after an upgrade rebuilds a zoo package that lacks a file today's recipe writes."""
+    stale = tmp_path / "minilm-l6"
+    stale.mkdir()
+    manifest = json.loads((text_package / "manifest.json").read_text())
+    del manifest["files"][SAMPLES_FILE]
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    for name in manifest["files"]:
+        (stale / name).symlink_to(text_package / name)
+    assert is_prepared(stale) and not is_prepared(stale, files=(SAMPLES_FILE,))
+    assert is_prepared(text_package, files=(SAMPLES_FILE,))

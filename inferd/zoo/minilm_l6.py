@@ -28,7 +28,7 @@ from inferd.convert import convert_pytorch
 from inferd.convert.fidelity import compare_outputs, run_onnx_reference
 from inferd.errors import FidelityError
 from inferd.manifest import Fidelity
-from inferd.package import ModelPackage
+from inferd.package import SAMPLES_FILE, ModelPackage
 from inferd.types import TextType
 from inferd.zoo import is_prepared
 
@@ -197,7 +197,7 @@ def build(workdir: Path) -> ModelPackage:
 def prepare(repository: Path) -> Path:
     """Build the package into `repository/minilm-l6` unless a valid one is already there."""
     target = repository / NAME
-    if is_prepared(target):
+    if is_prepared(target, files=(SAMPLES_FILE,)):
         return target
     with tempfile.TemporaryDirectory(prefix="inferd-minilm-") as workdir:
         build(Path(workdir)).save(target, overwrite=True)
