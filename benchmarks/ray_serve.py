@@ -11,7 +11,9 @@ p50 and p99; the added latency of Serve is the difference of the p50s at concurr
 
 Scale from zero: the model's deployment at zero replicas, one request; the time to its answer covers Serve's
 autoscaler noticing the request, the replica's start and its model's load from the warm compiled-model cache
-(filled by the runs before), and the inference. Serve's own count of the replica's start (from its creation
+(filled by the runs before), and the inference; `replica_start_to_answer_s` leaves out the autoscaler's part,
+from the controller's start of the replica on. Each trial waits until the previous replica has stopped, since it
+holds the node's CPUs until then. Serve's own count of the replica's start (from its creation
 to ready) is read from Ray's metrics exporter, and each trial is broken down into phases from Ray's logs, beside
 inferd's own share timed in a fresh process (`ray_timeline`).
 """
@@ -40,7 +42,7 @@ from inferd.serve.settings import ServerSettings
 
 APP = "inferd"
 DURATION_S = 10.0
-COLD_TRIALS = 3
+COLD_TRIALS = 5
 HOP_REQUESTS = 200
 
 
@@ -123,10 +125,11 @@ def _headers(payload: dict[str, Any]) -> dict[str, str]:
 
 
 def _replicas() -> int:
+    """The model's replicas in any state: one still stopping holds its CPUs, and the next could not start until
+    it let them go (earlier runs counted only running ones, and so timed that wait as the worker's launch)."""
     from ray import serve
-    from ray.serve._private.common import ReplicaState
 
-    return int(serve.status().applications[APP].deployments[H.MODEL].replica_states.get(ReplicaState.RUNNING, 0))
+    return sum(serve.status().applications[APP].deployments[H.MODEL].replica_states.values())
 
 
 def _scale_from_zero(url: str, body: bytes, headers: dict[str, str], metrics_port: int, logs: Path) -> dict[str, Any]:
@@ -192,6 +195,7 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
             "grpc_saves_per_hop_bodiless": round(hops["handle_by_reference_bodiless"] - hops["handle_grpc_bodiless"], 2)}
     cold = result["scale_from_zero"]
     summary["scale_from_zero_first_answer_s"] = [t["first_answer_s"] for t in cold["trials"]]
+    summary["replica_start_to_first_answer_s"] = [t["timeline"]["replica_start_to_answer_s"] for t in cold["trials"]]
     summary["replica_startup_mean_ms"] = cold["replica_startup_mean_ms"]
     return summary
 

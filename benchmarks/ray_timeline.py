@@ -66,6 +66,7 @@ def replica_start(logs: Path, deployment: str, sent: float, answered: float) -> 
         "route_update_and_inference_s": answered - ready,
     }
     return {"replica": replica, "pid": int(pid), "total_s": round(answered - sent, 3),
+            "replica_start_to_answer_s": round(answered - starting, 3),
             "phases": {name: round(value, 3) for name, value in phases.items()}}
 
 

@@ -23,6 +23,11 @@ LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 historical): the one way to keep every Ray process of a one-machine cluster on loopback."""
 
 RETRY_AFTER_S = 1.0
+METRICS_PUSH_S = 0.1
+"""How often a handle reports its queue to Serve's autoscaler. The report Serve sends at once when a request
+meets a deployment at zero replicas carries the queue lengths recorded so far, not that request (`Router.
+_get_metrics_report` in Ray 2.60), so scaling from zero waits for the next regular report: at Serve's 0.5 s
+that was most of a second of the first answer."""
 QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 """Serve's per-request log lines cost more than a small model's inference; inferd's app logs its own errors."""
 
@@ -88,7 +93,7 @@ class RaySettings(BaseModel):
                 "initial_replicas": max(self.min_replicas, 1),
                 "target_ongoing_requests": self.target_ongoing_requests or serving.max_batch_size,
                 "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s,
-                "metrics_interval_s": 0.5, "look_back_period_s": 2.0,
+                "metrics_interval_s": METRICS_PUSH_S, "look_back_period_s": 2.0,
             }
         return options
 
