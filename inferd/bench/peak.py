@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from inferd.runtime.cache import cache_root, read_json, write_json
+from inferd.runtime.cache import cache_root, mark_used, read_json, write_json
 from inferd.runtime.devices import cpu_count, cpu_features, cpu_name
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -206,7 +206,9 @@ def machine_peaks(*, refresh: bool = False, seconds: float = 0.3, root: Path | N
     path = _cache_file(cache_root(root), key)
     if not refresh and (data := read_json(path)) is not None:
         try:
-            return MachinePeaks.from_dict(data)
+            cached = MachinePeaks.from_dict(data)
+            mark_used(path)
+            return cached
         except (KeyError, TypeError):
             pass  # written by another layout: measure again
     peaks = {}

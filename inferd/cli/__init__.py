@@ -1,4 +1,4 @@
-"""The `inferd` command: devices, prepare, convert, info, compile, optimize, predict, bench, serve, deploy, export.
+"""The `inferd` command: devices, prepare, convert, info, compile, optimize, predict, bench, serve, deploy, export, cache.
 
 Each command group lives in its own module and computes; `inferd.cli.render` prints. This module only assembles
 the commands, in the order `inferd --help` lists them.
@@ -11,6 +11,7 @@ import sys
 import typer
 
 from inferd.cli import bench, devices, loadtest, models, render, serve, top
+from inferd.cli.cache import cache_app
 from inferd.cli.deploy import deploy_app
 from inferd.cli.export import export_app
 from inferd.errors import InferdError
@@ -32,6 +33,7 @@ app.command()(top.top)
 app.command()(loadtest.loadtest)
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(export_app, name="export")
+app.add_typer(cache_app, name="cache")
 
 
 def main() -> None:

@@ -57,6 +57,22 @@ def parse_size(text: str) -> int:
     if number and number[-1] in units:
         number, unit = number[:-1], number[-1]
     try:
-        return int(float(number) * units[unit])
-    except ValueError:
+        size = int(float(number) * units[unit])
+    except (ValueError, OverflowError):
         raise InferdError(f"cannot read the size {text!r}; write e.g. 512M or 4G") from None
+    if size < 0:
+        raise InferdError(f"the size {text!r} is negative; write e.g. 512M or 4G")
+    return size
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from e.g. 90s, 30m, 12h, 30d or 2w; the unit is required, since no one unit is the obvious one."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        seconds = float(number) * units[unit]
+    except (KeyError, ValueError):
+        raise InferdError(f"cannot read the duration {text!r}; write a number and a unit, e.g. 12h, 30d or 2w") from None
+    if not 0 <= seconds < float("inf"):
+        raise InferdError(f"the duration {text!r} must be zero or more and finite, e.g. 12h, 30d or 2w")
+    return seconds

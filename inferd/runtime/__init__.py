@@ -84,6 +84,8 @@ def load(
                "threads": options.threads, "streams": streams, "spin": options.spin}
     choice_file = cache.choice_path(root, package.content_hash, request)
     remembered = cache.read_json(choice_file) or {}
+    if remembered:
+        cache.mark_used(choice_file)
     winner = next((c for c in candidates if c.label == remembered.get("device")), None)
     choices = {label: PrecisionChoice.from_dict(data) for label, data in remembered.get("precision", {}).items()}
 
@@ -174,5 +176,9 @@ def _compile(
         root, package.content_hash, backend.name, backend.version(), candidate.device.id, effective,
         options.streams, options.threads,
     )
-    return backend.compile(package.model_path, candidate.device, precision, directory, options,
-                           outputs=[spec.name for spec in package.manifest.outputs])
+    compiled = backend.compile(package.model_path, candidate.device, precision, directory, options,
+                               outputs=[spec.name for spec in package.manifest.outputs])
+    cache.describe(directory, package=package.manifest.name, version=package.manifest.version, backend=backend.name,
+                   device=candidate.device.id, precision=effective, threads=options.threads, streams=options.streams)
+    cache.mark_used(directory)
+    return compiled

@@ -50,7 +50,9 @@ def resolve_source(
     target = cache.converted_dir(cache.cache_root(cache_dir), source_digest(path, kind), options.model_dump_json())
     with _locked(target):
         try:
-            return ResolvedSource(ModelPackage.load(target), kind, True)
+            resolved = ResolvedSource(ModelPackage.load(target), kind, True)
+            cache.mark_used(target)
+            return resolved
         except PackageError:
             pass  # not converted yet, or a damaged entry: convert (again)
         package = convert_any(path, options, progress=progress)

@@ -2,12 +2,14 @@
 
 OpenVINO's own `CACHE_DIR` is the compiled-model cache: a second compile of the
 same model for the same device and settings imports the blob instead of
-recompiling. Inference requests are pooled because one request is not
+recompiling. It knows the model by its file's path, so it compiles from a link
+inside the cache entry (see `_stable_path`). Inference requests are pooled because one request is not
 re-entrant; a pool lets many threads infer at once, each on its own request.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
@@ -29,6 +31,27 @@ def _core() -> Any:
     import openvino
 
     return openvino.Core()
+
+
+def _stable_path(model_path: Path, cache_dir: Path) -> Path:
+    """A path to the model that is the same wherever the package lies.
+
+    OpenVINO keys a cached blob by the model file's path, not its bytes: the same package served from another
+    folder (a copy, a moved repository, a temporary one) compiled again, added a blob to the entry each time, and
+    was still reported as a cached load. The entry's folder is keyed by the package's content, so links in it to
+    the model and its external data give every copy of the package one path, and one blob.
+    """
+    for name in (model_path.name, f"{model_path.name}.data"):
+        target, link = model_path.parent / name, cache_dir / name
+        if not target.exists():
+            continue
+        target = target.resolve()
+        if not link.is_symlink() or Path(os.readlink(link)) != target:
+            staging = cache_dir / f".{name}.{os.getpid()}"
+            staging.unlink(missing_ok=True)
+            staging.symlink_to(target)
+            staging.replace(link)  # atomic: a concurrent load sees the old link or the new one
+    return cache_dir / model_path.name
 
 
 class OpenVINOEngine:
@@ -114,7 +137,7 @@ class OpenVINOBackend:
             config["PERFORMANCE_HINT"] = "THROUGHPUT"
             config["NUM_STREAMS"] = options.streams
         try:
-            compiled = _core().compile_model(str(model_path), device.id, config)
+            compiled = _core().compile_model(str(_stable_path(model_path, cache_dir)), device.id, config)
         except RuntimeError as exc:
             raise BackendUnavailable(f"OpenVINO could not compile the model for {device.id}: {exc}") from exc
         pool = max(options.streams, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
