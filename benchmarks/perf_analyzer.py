@@ -8,6 +8,8 @@ latency percentiles, and the server's own queue and compute phases (input,
 infer, output) from `/v2/models/M/stats`.
 
     .venv/bin/python benchmarks/perf_analyzer.py     # about a minute on a quiet machine
+    .venv/bin/python benchmarks/perf_analyzer.py --package models/minilm-l6 \
+        --out benchmarks/results/perf_analyzer_text.json   # the text model, on strings perf_analyzer makes up
 
 Writes benchmarks/results/perf_analyzer.json and prints a summary.
 """
@@ -49,7 +51,8 @@ def _children_cpu_s() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", type=Path, default=H.DEFAULT_PACKAGE)
+    parser.add_argument("--package", type=Path, default=H.DEFAULT_PACKAGE,
+                        help="the package to serve and measure, named as its folder (models/minilm-l6: the text model)")
     parser.add_argument("--measurement-interval", type=int, default=5000, help="window length in ms")
     parser.add_argument("--stability", type=int, default=10, help="percent the last three windows may differ")
     parser.add_argument("--concurrency-range", default="1:8:7", help="perf_analyzer's start:end:step")
@@ -71,7 +74,8 @@ def main() -> None:
         work = Path(tmp)
         repository = work / "repository"
         repository.mkdir()
-        (repository / H.MODEL).symlink_to(args.package.resolve())
+        model = args.package.resolve().name
+        (repository / model).symlink_to(args.package.resolve())
         grpc_port = H.free_port()
         with H.Server(repository, work, grpc_port=grpc_port, access_log=False) as server:
             result["server"] = server.describe()
@@ -80,7 +84,7 @@ def main() -> None:
                 print(f"perf_analyzer over {protocol} ...", flush=True)
                 report = work / f"{protocol}.csv"
                 meter, children = H.CpuMeter(server.pid), _children_cpu_s()
-                run = analyzer.run(addresses[protocol], H.MODEL, report, protocol=protocol,
+                run = analyzer.run(addresses[protocol], model, report, protocol=protocol,
                                    concurrency=args.concurrency_range, window=window,
                                    stability_percent=args.stability, timeout_s=900)
                 result[protocol] = {

@@ -23,6 +23,7 @@ from tests.conftest import free_port
 from tests.perf_analyzer import PerfAnalyzer, Unavailable, read_report
 
 MODEL = "efficientnet-lite0"
+TEXT_MODEL = "minilm-l6"
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,10 @@ def perf_analyzer() -> PerfAnalyzer:
 
 @pytest.fixture(scope="module")
 def served(default_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """`inferd serve` with the image model alone (it starts sooner), HTTP and gRPC on loopback: the address of
-    each."""
+    """`inferd serve` with the default image and text models, HTTP and gRPC on loopback: the address of each."""
     repository = tmp_path_factory.mktemp("perf-analyzer-repository")
-    (repository / MODEL).symlink_to(default_repository / MODEL)
+    for name in (MODEL, TEXT_MODEL):
+        (repository / name).symlink_to(default_repository / name)
     ports = {"http": free_port(), "grpc": free_port()}
     log = (tmp_path_factory.mktemp("perf-analyzer-log") / "serve.log").open("w")
     process = subprocess.Popen(
@@ -84,3 +85,16 @@ def test_perf_analyzer_measures_inferd(perf_analyzer: PerfAnalyzer, served: dict
         for phase in ("Server Compute Input", "Server Compute Infer", "Server Compute Output"):
             assert row[phase] > 0, (phase, row)
     assert "Request concurrency: 8" in run.stdout and "Throughput:" in run.stdout
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer_drives_the_text_model(perf_analyzer: PerfAnalyzer, served: dict[str, str], protocol: str,
+                                             tmp_path: Path) -> None:
+    """perf_analyzer sends the strings it makes up in the shape the metadata gives: it refused a text input shaped
+    [-1] ("unable to set shape for the input") and takes [-1, 1], as Triton derives it from dims [1]."""
+    report = tmp_path / "report.csv"
+    run = perf_analyzer.run(served[protocol], TEXT_MODEL, report, protocol=protocol, concurrency="1:1",
+                            stability_percent=100, timeout_s=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (row,) = read_report(report)
+    assert row["Inferences/Second"] > 0 and row["Server Compute Infer"] > 0, row

@@ -141,7 +141,7 @@ def test_still_embedding_after_bad_requests(server: LiveServer, local: np.ndarra
 def test_v2_metadata_and_config(client: triton.InferenceServerClient) -> None:
     assert client.is_model_ready(MODEL)
     metadata = client.get_model_metadata(MODEL)
-    assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1, 1]}]  # as Triton: [-1] + dims
     assert metadata["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]
     config = client.get_model_config(MODEL)
     assert config["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": [1], "reshape": {"shape": []}}]

@@ -18,7 +18,7 @@ from inferd.runtime import devices
 from inferd.serve.repository import ModelEntry, ModelRepository
 from inferd.serve.v2.json_values import as_object, parse_object
 from inferd.serve.v2.types import datatype_of
-from inferd.types import ImageType
+from inferd.types import ImageType, TextType
 from inferd.version import __version__
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics", "logging"]
@@ -34,12 +34,19 @@ def v2_datatype(dtype: str) -> str:
 
 
 def model_metadata(repository: ModelRepository, entry: ModelEntry) -> dict[str, Any]:
+    """Shapes as Triton derives them from the configuration (`triton_config`): a text input, one string per row,
+    is configured as dims [1] reshaped to [], so its shape here is [-1, 1], as Triton's tools (perf_analyzer)
+    expect; requests may send the strings as [N] or [N, 1]."""
     manifest = entry.model.manifest
+
+    def input_shape(spec: Any) -> list[int]:
+        return [-1, 1] if isinstance(spec, TextType) and manifest.batch_dynamic else list(spec.shape)
+
     return {
         "name": entry.name,
         "versions": repository.versions(entry.name),
         "platform": "onnx",
-        "inputs": [{"name": s.name, "datatype": v2_datatype(s.dtype), "shape": list(s.shape)} for s in manifest.inputs],
+        "inputs": [{"name": s.name, "datatype": v2_datatype(s.dtype), "shape": input_shape(s)} for s in manifest.inputs],
         "outputs": [{"name": s.name, "datatype": v2_datatype(s.dtype), "shape": list(s.shape)}
                     for s in manifest.outputs],
         "parameters": {"backend": entry.model.load_info.backend, "device": entry.model.load_info.device,
