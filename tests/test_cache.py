@@ -44,6 +44,9 @@ def test_the_same_package_in_another_folder_loads_from_the_cache(two_copies: tup
         again = inferd.load(copy, backend="openvino", precision="fp32", cache_dir=cache)
         assert again.load_info.cached
         assert _blobs(cache) == [blob] and blob.stat().st_mtime_ns == written  # imported, not compiled again
+    entry = blob.parent  # its size counts the blob and what it says of itself, not the package behind the link
+    owned = blob.stat().st_size + (entry / "entry.json").stat().st_size
+    assert [e["bytes"] for e in _listed(cache)["entries"] if e["path"] == str(entry)] == [owned]
     shutil.rmtree(two_copies[0])  # the link the entry compiles from now points to a folder that is gone
     assert inferd.load(two_copies[1], backend="openvino", precision="fp32", cache_dir=cache).load_info.cached
 

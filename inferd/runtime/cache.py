@@ -144,9 +144,10 @@ def _remove(paths: Iterable[Path]) -> None:
 
 
 def _size(path: Path) -> int:
+    """Bytes the entry itself holds: the links to a package's model (OpenVINO's entries) count for nothing."""
     if path.is_file():
         return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def _holds(path: Path, kind: str) -> str:
