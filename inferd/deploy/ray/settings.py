@@ -23,11 +23,6 @@ LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 historical): the one way to keep every Ray process of a one-machine cluster on loopback."""
 
 RETRY_AFTER_S = 1.0
-METRICS_PUSH_S = 0.1
-"""How often a handle reports its queue to Serve's autoscaler. The report Serve sends at once when a request
-meets a deployment at zero replicas carries the queue lengths recorded so far, not that request (`Router.
-_get_metrics_report` in Ray 2.60), so scaling from zero waits for the next regular report: at Serve's 0.5 s
-that was most of a second of the first answer."""
 QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 """Serve's per-request log lines cost more than a small model's inference; inferd's app logs its own errors."""
 
@@ -44,6 +39,10 @@ class RaySettings(BaseModel):
         None, gt=0, description="requests in flight per replica that autoscaling aims at (default: max_batch_size)")
     upscale_delay_s: float = Field(30.0, ge=0, le=3600, description="load must last this long before scaling up")
     downscale_delay_s: float = Field(600.0, ge=0, le=86400, description="idleness must last this long before scaling down")
+    autoscaling_report_s: float = Field(
+        0.1, ge=0.05, le=60,
+        description="how often each router reports its queue per model to Serve's autoscaler; more models and "
+                    "routers than a controller can hear from ten times a second want more")
     cpus_per_replica: float = Field(1.0, gt=0, le=1024,
                                     description="CPUs Ray reserves for each model replica; its intra-op threads match")
     models_per_replica: int | None = Field(
@@ -75,6 +74,11 @@ class RaySettings(BaseModel):
         inferd's batcher always has company for a request; the rest wait at the caller, at most
         `max_queue_size` of them, which then answers 429 with Retry-After as `inferd serve` does. Waiting at the
         caller rather than in a replica's queue lets Serve send each request to the least busy replica.
+
+        Routers report their queues every `autoscaling_report_s` (at the 0.5 s inferd used before, scaling from
+        zero spent most of a second waiting): the report Serve sends at once when a request meets a deployment
+        at zero replicas carries the queue lengths recorded so far, not that request (`Router.
+        _get_metrics_report` in Ray 2.60), so the upscale waits for the next regular report.
         """
         in_flight = 2 * serving.instances * serving.max_batch_size
         options: dict[str, Any] = {
@@ -93,7 +97,7 @@ class RaySettings(BaseModel):
                 "initial_replicas": max(self.min_replicas, 1),
                 "target_ongoing_requests": self.target_ongoing_requests or serving.max_batch_size,
                 "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s,
-                "metrics_interval_s": METRICS_PUSH_S, "look_back_period_s": 2.0,
+                "metrics_interval_s": self.autoscaling_report_s, "look_back_period_s": 2.0,
             }
         return options
 
