@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from inferd.cli.options import parse_duration, parse_size
-from inferd.cli.render import console
+from inferd.cli.render import human_bytes, out
 from inferd.errors import InferdError
 from inferd.runtime.cache import CacheEntry, cache_root, entries, prune
 
@@ -36,7 +36,7 @@ def list_(cache_dir: CacheDirOpt = None, json_: JsonOpt = False) -> None:
         print(json.dumps({"cache_dir": str(root), "total_bytes": sum(e.size for e in listed),
                           "entries": [_as_dict(e) for e in listed]}, indent=2))
         return
-    _show(listed, f"{root}: {len(listed)} entries, {_size(sum(e.size for e in listed))}")
+    _show(listed, f"{root}: {len(listed)} entries, {human_bytes(sum(e.size for e in listed))}")
 
 
 @cache_app.command("prune")
@@ -62,7 +62,7 @@ def prune_(
                           "removed": [_as_dict(e) for e in removed]}, indent=2))
         return
     verb = "would remove" if dry_run else "removed"
-    _show(removed, f"{root}: {verb} {len(removed)} entries, {_size(freed)}")
+    _show(removed, f"{root}: {verb} {len(removed)} entries, {human_bytes(freed)}")
 
 
 def _show(listed: list[CacheEntry], title: str) -> None:
@@ -72,21 +72,13 @@ def _show(listed: list[CacheEntry], title: str) -> None:
     now = time.time()
     for entry in listed:  # the key's first characters are enough to tell entries apart; --json has whole paths
         table.add_row(f"{entry.kind}/{entry.path.name[:8]}", entry.holds or "(written by an earlier inferd)",
-                      _size(entry.size), f"{_age(now - entry.last_used)} ago")
-    console.print(table)
+                      human_bytes(entry.size), f"{_age(now - entry.last_used)} ago")
+    out.print(table)
 
 
 def _as_dict(entry: CacheEntry) -> dict[str, object]:
     return {"path": str(entry.path), "kind": entry.kind, "holds": entry.holds, "bytes": entry.size,
             "last_used": entry.last_used}
-
-
-def _size(value: float) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.2f} GiB"
 
 
 def _age(seconds: float) -> str:

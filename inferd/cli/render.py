@@ -31,6 +31,15 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 200)
 
 
+def human_bytes(value: float) -> str:
+    """A size in the binary unit that keeps it under 1024 (GiB at most), as `inferd top` and `inferd cache` show it."""
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
 def error(message: str) -> None:
     console.print(Text("error: ", style="red") + Text(message), soft_wrap=True)
 

@@ -9,6 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from inferd.cli.render import human_bytes
 from inferd.serve.monitor.sample import ModelSample, ServerSample
 
 _COLUMNS = ("model", "req/s", "p50 ms", "p99 ms", "wait+compute ms", "queue", "in flight", "batch", "batch sizes", "refused/s",
@@ -68,10 +69,4 @@ def _number(value: float | None, spec: str) -> str:
 
 
 def _bytes(value: float | None) -> str:
-    if value is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return "-"
+    return "-" if value is None else human_bytes(value)

@@ -155,8 +155,8 @@ def _holds(path: Path, kind: str) -> str:
         entry = read_json(path / ENTRY_FILE)
         if entry is None:
             return ""
-        return (f"{entry.get('package')} {entry.get('version', '')}: {entry.get('backend')} {entry.get('device')} "
-                f"{entry.get('precision')}, {entry.get('threads')} threads, {entry.get('streams')} streams").replace(" :", ":")
+        return (f"{entry.get('package')} {entry.get('version')}: {entry.get('backend')} {entry.get('device')} "
+                f"{entry.get('precision')}, {entry.get('threads')} threads, {entry.get('streams')} streams")
     if kind == "converted":
         manifest = read_json(path / "manifest.json") or {}
         framework = (manifest.get("source") or {}).get("framework")
